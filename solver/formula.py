@@ -1,0 +1,178 @@
+"""The lme4 formula language, split into its fixed and random parts.
+
+    response ~ fixed + offset(e) + (lhs_1 | g_1) + (lhs_2 || g_2) + ...
+
+A random-effects term ``(lhs | g)`` contributes a block ``Z_k`` of ``p_k * l_k``
+columns, ``p_k`` = columns of the model matrix of ``~ lhs`` (intercept implicit, as
+in R), ``l_k`` = levels of ``g``.  Grouping expressions follow lme4:
+
+    g = a        one factor
+    g = a:b      the interaction factor, levels "a_level:b_level"
+    g = a/b      nesting, expands to a and b:a
+    (x || g)     uncorrelated: (1 | g) + (0 + x | g), one scalar term per column
+
+The fixed part (with ``^`` read as R's power) is handed to formulaic, which
+implements R's term expansion and treatment contrasts; offsets are split off here
+because they enter ``y`` and not ``X``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import FormulaError
+
+_NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
+
+
+@dataclass(frozen=True)
+class GroupingFactor:
+    """A grouping factor: one column, or the interaction of several (``a:b``)."""
+
+    columns: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return ":".join(self.columns)
+
+
+@dataclass(frozen=True)
+class RandomTerm:
+    """One ``(lhs | g)`` term after ``||`` and ``/`` expansion."""
+
+    lhs: str
+    group: GroupingFactor
+
+
+@dataclass(frozen=True)
+class ModelFormula:
+    """A parsed lme4 formula."""
+
+    text: str
+    response: str
+    fixed: str
+    offsets: tuple[str, ...]
+    random: tuple[RandomTerm, ...]
+
+    def fixed_formula(self) -> str:
+        """The fixed part as a formulaic formula (R's ``^`` becomes ``**``)."""
+        return f"{_to_python(self.response)} ~ {_to_python(self.fixed)}"
+
+
+def _to_python(expr: str) -> str:
+    return expr.replace("^", "**")
+
+
+def parse_formula(text: str) -> ModelFormula:
+    """Parse ``text``; raise FormulaError naming the place at fault."""
+    _check_parentheses(text)
+    parts = _split_top(text, "~")
+    if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+        raise FormulaError(
+            f"formula '{text}' must have the form 'response ~ terms'", "formula"
+        )
+    response, rhs = parts[0].strip(), parts[1]
+    terms = [t.strip() for t in _split_top(rhs, "+")]
+    fixed: list[str] = []
+    offsets: list[str] = []
+    random: list[RandomTerm] = []
+    for term in terms:
+        if not term:
+            raise FormulaError(f"empty term in '{rhs.strip()}' (a stray '+'?)", "formula")
+        inner = _bar_content(term)
+        if inner is not None:
+            random.extend(_expand_bar(inner, term))
+        elif term.startswith("offset(") and term.endswith(")"):
+            offsets.append(term[len("offset(") : -1].strip())
+        else:
+            fixed.append(term)
+    if not random:
+        raise FormulaError(
+            "no random-effects terms: add at least one '(expr | group)' term", "formula"
+        )
+    fixed_text = " + ".join(fixed) if fixed else "1"
+    return ModelFormula(text, response, fixed_text, tuple(offsets), tuple(random))
+
+
+def _check_parentheses(text: str) -> None:
+    depth = 0
+    for pos, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth < 0:
+            raise FormulaError(f"unmatched ')' at position {pos + 1} of '{text}'", "formula")
+    if depth:
+        raise FormulaError(f"unclosed '(' in '{text}'", "formula")
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` outside parentheses."""
+    out, depth, start = [], 0, 0
+    for pos, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == sep and depth == 0:
+            out.append(text[start:pos])
+            start = pos + 1
+    out.append(text[start:])
+    return out
+
+
+def _bar_content(term: str) -> str | None:
+    """The inside of ``( ... | ... )`` if ``term`` is one parenthesised bar term."""
+    if not (term.startswith("(") and term.endswith(")")):
+        return None
+    inner = term[1:-1]
+    if len(_split_top(inner, ")")) > 1 or "|" not in _split_top_text(inner):
+        return None
+    return inner
+
+
+def _split_top_text(text: str) -> str:
+    """``text`` with every parenthesised part blanked, to look for top-level bars."""
+    depth, out = 0, []
+    for ch in text:
+        depth += ch == "("
+        out.append(ch if depth == 0 else " ")
+        depth -= ch == ")"
+    return "".join(out)
+
+
+def _expand_bar(inner: str, term: str) -> list[RandomTerm]:
+    flat = _split_top_text(inner)
+    double = "||" in flat
+    pos = flat.index("||") if double else flat.index("|")
+    lhs = inner[:pos].strip()
+    group_text = inner[pos + (2 if double else 1) :].strip()
+    if not lhs or not group_text:
+        raise FormulaError(f"random-effects term '{term}' needs 'expr | group'", term)
+    groups = _expand_groups(group_text, term)
+    if not double:
+        return [RandomTerm(lhs, g) for g in groups]
+    return [RandomTerm(part, g) for g in groups for part in _uncorrelated_parts(lhs, term)]
+
+
+def _expand_groups(text: str, term: str) -> list[GroupingFactor]:
+    """``a/b/c`` -> a, b:a, c:b:a (lme4 names nested factors inner-first)."""
+    nest = [p.strip() for p in text.split("/")]
+    out, outer = [], []
+    for part in nest:
+        columns = tuple(c.strip() for c in part.split(":"))
+        for col in columns:
+            if not _NAME.match(col):
+                raise FormulaError(
+                    f"grouping factor '{col}' in '{term}' must be a column name", term
+                )
+        outer = list(columns) + outer
+        out.append(GroupingFactor(tuple(outer)))
+    return out
+
+
+def _uncorrelated_parts(lhs: str, term: str) -> list[str]:
+    """``1 + x + z`` -> ['1', '0 + x', '0 + z'] as lme4's ``||`` expansion."""
+    pieces = [p.strip() for p in _split_top(lhs, "+")]
+    intercept = "0" not in pieces and "-1" not in pieces
+    rest = [p for p in pieces if p not in ("1", "0", "-1", "")]
+    parts = (["1"] if intercept else []) + [f"0 + {p}" for p in rest]
+    if not parts:
+        raise FormulaError(f"random-effects term '{term}' has no columns", term)
+    return parts

@@ -1,0 +1,112 @@
+"""Fitting a linear mixed model: lme4's ``mkLmerDevfun -> optimizeLmer -> checkConv``.
+
+    objective(theta) = Criterion(PLS.solve(theta))        (ML deviance or REML criterion)
+    theta_hat        = argmin objective, theta >= lower   (BOBYQA from lme4's start)
+
+``LinearMixedModel.objective`` evaluates a given theta without optimizing (golden
+tests at fixed theta, clients who supply theta).  ``fit`` returns an ``LMMFit``:
+the frozen summary (``result``) plus what is needed for per-level and per-row
+outputs (conditional modes, fitted values).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from .condvar import conditional_variances
+from .model import ModelData
+from .optimize import Control, Diagnostic, check_convergence, minimize
+from .pls import PLS, Criterion, PLSSolution, ThetaMap
+from .results import FitResult, build_result, ranef_table
+
+IterationProgress = Callable[[int, float], None]
+
+
+class LinearMixedModel:
+    """The objective of one model (ML or REML) over theta."""
+
+    def __init__(self, data: ModelData, reml: bool = True, ordering: str = "metis") -> None:
+        self.data = data
+        self.reml = reml
+        self.tmap = ThetaMap.build(data.layout)
+        started = time.perf_counter()
+        self.pls = PLS(data.cp, self.tmap, ordering)
+        self.analyse_s = time.perf_counter() - started
+        cp = data.cp
+        self.criterion = Criterion(reml, cp.n, cp.XtX.shape[0], cp.sum_log_w)
+
+    def solve(self, theta: np.ndarray) -> PLSSolution:
+        return self.pls.solve(np.asarray(theta, dtype=np.float64))
+
+    def objective(self, theta: np.ndarray) -> float:
+        """The profiled ML deviance or REML criterion at ``theta``."""
+        return self.criterion(self.solve(theta))
+
+    def fit(
+        self, control: Control = Control(), progress: IterationProgress | None = None
+    ) -> LMMFit:
+        started = time.perf_counter()
+        opt = minimize(self.objective, self.tmap.start(), self.tmap.lower(), control, progress)
+        checks = check_convergence(
+            self.objective, opt.x, self.tmap.lower(), self.tmap.diagonal_mask(), control
+        )
+        if opt.status.startswith("maximum"):
+            checks.append(Diagnostic("optimizer", "warning", opt.status))
+        sol = self.solve(opt.x)
+        result = build_result(self, sol, checks, opt.evaluations)
+        return LMMFit(self, sol, result, time.perf_counter() - started)
+
+
+@dataclass
+class LMMFit:
+    """A fitted model: the summary plus the state for per-level and per-row outputs."""
+
+    model: LinearMixedModel
+    sol: PLSSolution
+    result: FitResult
+    fit_s: float
+
+    def _refresh(self) -> None:
+        # the factor must hold this fit's theta (another evaluation may have moved it)
+        self.model.pls.solve(self.sol.theta)
+
+    def ranef(self, cond_var: bool = True) -> pa.Table:
+        """Conditional modes (and conditional SDs): group, level, term, condval, condsd."""
+        self._refresh()
+        _, b = self.model.pls.modes(self.sol)
+        var = None
+        if cond_var:
+            var = conditional_variances(self.model.pls, self.model.tmap, self.sol)
+            var = var * self.result.sigma**2
+        return ranef_table(self.model.data, b, var)
+
+    def fitted(self) -> pa.Table:
+        """Fitted values and residuals in row order (rows with missing values skipped)."""
+        self._refresh()
+        _, b = self.model.pls.modes(self.sol)
+        from .crossprod import z_matrix
+
+        fitted, resid = [], []
+        data = self.model.data
+        for rows in data.rows():
+            eta = rows.X[:, data.kept] @ self.sol.beta + z_matrix(rows, data.layout) @ b
+            offset = 0.0 if rows.offset is None else rows.offset
+            fitted.append(eta + offset)
+            resid.append(rows.y - eta)
+        return pa.table({"fitted": np.concatenate(fitted), "residual": np.concatenate(resid)})
+
+
+def fit(
+    data: ModelData,
+    reml: bool = True,
+    control: Control = Control(),
+    progress: IterationProgress | None = None,
+    ordering: str = "metis",
+) -> LMMFit:
+    """Fit the model by REML (default) or ML."""
+    return LinearMixedModel(data, reml, ordering).fit(control, progress)

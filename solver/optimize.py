@@ -1,0 +1,205 @@
+"""Minimising the profiled objective over theta, and checking the optimum as lme4 does.
+
+Optimizers are plug-ins with one signature ``(f, x0, lower, control, progress)``:
+BOBYQA (NLopt, as lme4's default ``nloptwrap``) for two or more parameters, a
+bounded Brent search for one (Powell's BOBYQA needs at least two).
+
+Convergence checks follow lme4's ``checkConv`` on the parameters not at a bound:
+central finite differences (step ``delta``) give the gradient g and Hessian H;
+
+    scaled gradient   s = H^-1/2-ish: solve(chol(H), g);  max(min(|s|, |g|)) < tol_grad
+    Hessian           eigenvalues of H all > -tol_hess, and min/max ratio not tiny
+    singular fit      some diagonal element of some T_k below tol_singular
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import nlopt
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+Objective = Callable[[np.ndarray], float]
+Progress = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One finding about a fit: data, not prose in a warning."""
+
+    code: str
+    severity: str  # "info" | "warning" | "error"
+    message: str
+    value: float | None = None
+    tolerance: float | None = None
+
+
+@dataclass(frozen=True)
+class Control:
+    """What the optimizer and the checks use (lme4's lmerControl, in part)."""
+
+    ftol_abs: float = 1e-10
+    xtol_abs: float = 1e-10
+    maxeval: int = 100_000
+    tol_grad: float = 2e-3
+    tol_hess: float = 1e-6
+    tol_singular: float = 1e-4
+    delta: float = 1e-4
+    check_derivatives: bool = True
+
+
+@dataclass(frozen=True)
+class OptimResult:
+    x: np.ndarray
+    fun: float
+    evaluations: int
+    status: str
+    trace: list[float] = field(default_factory=list)
+
+
+def _counted(f: Objective, progress: Progress | None, trace: list[float]) -> Objective:
+    def wrapped(x: np.ndarray) -> float:
+        value = float(f(np.asarray(x, dtype=np.float64)))
+        trace.append(value)
+        if progress is not None:
+            progress(len(trace), value)
+        return value
+
+    return wrapped
+
+
+def minimize(
+    f: Objective,
+    x0: np.ndarray,
+    lower: np.ndarray,
+    control: Control = Control(),
+    progress: Progress | None = None,
+) -> OptimResult:
+    """Minimise ``f`` from ``x0`` subject to ``x >= lower``."""
+    trace: list[float] = []
+    g = _counted(f, progress, trace)
+    if len(x0) == 1:
+        x, status = _brent(g, float(x0[0]), float(lower[0]), control)
+    else:
+        x, status = _bobyqa(g, x0, lower, control)
+    return OptimResult(x, float(f(x)), len(trace), status, trace)
+
+
+def _bobyqa(f: Objective, x0: np.ndarray, lower: np.ndarray, control: Control):
+    opt = nlopt.opt(nlopt.LN_BOBYQA, len(x0))
+    opt.set_lower_bounds(lower.tolist())
+    opt.set_min_objective(lambda x, grad: f(x))
+    opt.set_ftol_abs(control.ftol_abs)
+    opt.set_xtol_abs(control.xtol_abs)
+    opt.set_maxeval(control.maxeval)
+    best = {"x": np.asarray(x0, float), "f": np.inf}
+
+    def tracked(x, grad):
+        value = f(x)
+        if value < best["f"]:
+            best["x"], best["f"] = np.array(x), value
+        return value
+
+    opt.set_min_objective(tracked)
+    try:
+        x = np.asarray(opt.optimize(np.asarray(x0, float)))
+        status = _NLOPT_STATUS.get(opt.last_optimize_result(), "converged")
+    except nlopt.RoundoffLimited:
+        x, status = best["x"], "converged (roundoff-limited)"
+    return x, status
+
+
+_NLOPT_STATUS = {nlopt.MAXEVAL_REACHED: "maximum number of evaluations reached"}
+
+
+def _brent(f: Objective, x0: float, lower: float, control: Control):
+    upper = max(4.0 * abs(x0), 10.0)
+    while f(np.array([upper])) < f(np.array([upper / 2])) and upper < 1e8:
+        upper *= 4.0
+    res = minimize_scalar(
+        lambda t: f(np.array([t])),
+        bounds=(lower, upper),
+        method="bounded",
+        options={"xatol": control.xtol_abs, "maxiter": 10_000},
+    )
+    status = "converged" if res.success else str(res.message)
+    return np.array([res.x]), status
+
+
+def derivatives(f: Objective, x: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Central finite-difference gradient and Hessian of ``f`` at ``x`` (lme4's deriv12)."""
+    n = len(x)
+    f0 = f(x)
+    grad, hess = np.zeros(n), np.zeros((n, n))
+    plus, minus = np.zeros(n), np.zeros(n)
+    for i in range(n):
+        e = np.zeros(n)
+        e[i] = delta
+        plus[i], minus[i] = f(x + e), f(x - e)
+        grad[i] = (plus[i] - minus[i]) / (2 * delta)
+        hess[i, i] = (plus[i] - 2 * f0 + minus[i]) / delta**2
+    for i in range(n):
+        for j in range(i):
+            ei, ej = np.zeros(n), np.zeros(n)
+            ei[i], ej[j] = delta, delta
+            fpp, fmm = f(x + ei + ej), f(x - ei - ej)
+            hess[i, j] = hess[j, i] = (
+                fpp - plus[i] - plus[j] + 2 * f0 - minus[i] - minus[j] + fmm
+            ) / (2 * delta**2)
+    return grad, hess
+
+
+def check_convergence(
+    f: Objective, x: np.ndarray, lower: np.ndarray, diag_mask: np.ndarray, control: Control
+) -> list[Diagnostic]:
+    """lme4's checks at the optimum: singular fit, scaled gradient, Hessian."""
+    out: list[Diagnostic] = []
+    small = diag_mask & (x < control.tol_singular)
+    if small.any():
+        out.append(
+            Diagnostic(
+                "singular", "info", "boundary (singular) fit: see help('isSingular')",
+                float(np.min(x[diag_mask])), control.tol_singular,
+            )
+        )  # fmt: skip
+    free = ~(x <= lower + control.tol_singular * diag_mask)
+    if not control.check_derivatives or not free.any():
+        return out
+    xf = x.copy()
+
+    def sub(z: np.ndarray) -> float:
+        xf[free] = z
+        return f(xf.copy())
+
+    grad, hess = derivatives(sub, x[free], control.delta)
+    out.extend(_gradient_check(grad, hess, control))
+    out.extend(_hessian_check(hess, control))
+    return out
+
+
+def _gradient_check(grad: np.ndarray, hess: np.ndarray, control: Control) -> list[Diagnostic]:
+    try:
+        scaled = np.linalg.solve(np.linalg.cholesky(hess).T, grad)
+    except np.linalg.LinAlgError:
+        return [Diagnostic("gradient", "warning", "unable to evaluate scaled gradient")]
+    worst = float(np.max(np.minimum(np.abs(scaled), np.abs(grad))))
+    if worst > control.tol_grad:
+        msg = f"Model failed to converge with max|grad| = {worst:.6g} (tol = {control.tol_grad})"
+        return [Diagnostic("gradient", "warning", msg, worst, control.tol_grad)]
+    return [Diagnostic("gradient", "info", "scaled gradient within tolerance", worst,
+                       control.tol_grad)]  # fmt: skip
+
+
+def _hessian_check(hess: np.ndarray, control: Control) -> list[Diagnostic]:
+    ev = np.linalg.eigvalsh(hess)
+    if ev.min() < -control.tol_hess:
+        n_neg = int(np.sum(ev < -control.tol_hess))
+        msg = f"Model failed to converge: degenerate Hessian with {n_neg} negative eigenvalues"
+        return [Diagnostic("hessian", "warning", msg, float(ev.min()), control.tol_hess)]
+    ratio = float(ev.min() / ev.max()) if ev.max() > 0 else 0.0
+    if ratio < control.tol_hess:
+        msg = "Model is nearly unidentifiable: very large eigenvalue ratio - rescale variables?"
+        return [Diagnostic("hessian", "warning", msg, ratio, control.tol_hess)]
+    return []

@@ -1,0 +1,213 @@
+"""Penalized least squares at fixed theta, from the cross-products (lme4, JSS 2015 §3).
+
+    Lambda_theta = blockdiag_k( I_{l_k} (x) T_k ),  T_k lower triangular from theta
+    L L'      = P (Lambda' Z'WZ Lambda + I) P'           CHOLMOD: analyse once, refactor per theta
+    L R_ZX    = P Lambda' Z'WX
+    R_X'R_X   = X'WX - R_ZX' R_ZX
+    c_u       = L^-1 P Lambda' Z'Wy
+    c_beta    = R_X^-T (X'Wy - R_ZX' c_u)
+    beta      = R_X^-1 c_beta,   u = P' L^-T (c_u - R_ZX beta),   b = Lambda u
+    pwrss     = y'Wy - |c_u|^2 - |c_beta|^2
+
+Profiled objectives (``sum_log_w`` = sum(log w), as lme4 subtracts it):
+
+    ML    d(theta)  = logdet_L + n (1 + log(2 pi pwrss / n))           - sum_log_w
+    REML  dR(theta) = logdet_L + logdet_RX + nu (1 + log(2 pi pwrss / nu)) - sum_log_w,  nu = n - p
+
+with logdet_L = log|L|^2 and logdet_RX = log|R_X|^2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg as la
+import scipy.sparse as sp
+from sksparse.cholmod import analyze
+
+from .crossprod import CrossProducts, TermLayout
+
+
+def lower_colmajor(p: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) of the lower triangle of a p x p matrix, column by column."""
+    pairs = [(i, j) for j in range(p) for i in range(j, p)]
+    return np.array([i for i, _ in pairs], dtype=int), np.array([j for _, j in pairs], dtype=int)
+
+
+@dataclass(frozen=True)
+class ThetaMap:
+    """theta -> T_k -> Lambda.  theta lists each T_k's lower triangle, column-major.
+
+    ``Lambda.data = theta[lind]`` with a pattern fixed at construction (lme4's Lind).
+    """
+
+    layout: TermLayout
+    pattern: sp.csc_matrix
+    lind: np.ndarray
+
+    @classmethod
+    def build(cls, layout: TermLayout) -> ThetaMap:
+        rows, cols, tidx = [], [], []
+        t0 = 0
+        for off, p, nl in zip(layout.offsets, layout.p, layout.nlevels):
+            r, c = lower_colmajor(p)
+            base = off + np.arange(nl)[:, None] * p
+            rows.append((base + r[None, :]).ravel())
+            cols.append((base + c[None, :]).ravel())
+            tidx.append(np.tile(t0 + np.arange(len(r)), nl))
+            t0 += len(r)
+        order = np.concatenate(tidx)
+        pos = np.arange(1, len(order) + 1, dtype=np.float64)
+        q = layout.q
+        pattern = sp.csc_matrix((pos, (np.concatenate(rows), np.concatenate(cols))), shape=(q, q))
+        lind = order[pattern.data.astype(np.int64) - 1]
+        return cls(layout, pattern, lind)
+
+    @property
+    def size(self) -> int:
+        return int(sum(p * (p + 1) // 2 for p in self.layout.p))
+
+    @property
+    def is_diagonal(self) -> bool:
+        return all(p == 1 for p in self.layout.p)
+
+    def diagonal_mask(self) -> np.ndarray:
+        """True where theta holds a diagonal element of some T_k."""
+        return np.concatenate([r == c for r, c in (lower_colmajor(p) for p in self.layout.p)])
+
+    def lower(self) -> np.ndarray:
+        """Bounds: 0 for diagonal elements of T_k, -inf off the diagonal."""
+        return np.where(self.diagonal_mask(), 0.0, -np.inf)
+
+    def start(self) -> np.ndarray:
+        """lme4's start: 1 on the diagonal of each T_k, 0 off it."""
+        return self.diagonal_mask().astype(np.float64)
+
+    def blocks(self, theta: np.ndarray) -> list[np.ndarray]:
+        """The T_k of theta."""
+        out, at = [], 0
+        for p in self.layout.p:
+            r, c = lower_colmajor(p)
+            T = np.zeros((p, p))
+            T[r, c] = theta[at : at + len(r)]
+            out.append(T)
+            at += len(r)
+        return out
+
+    def Lambda(self, theta: np.ndarray) -> sp.csc_matrix:
+        """Lambda_theta (q x q, block diagonal, lower triangular blocks)."""
+        lam = self.pattern.copy()
+        lam.data = np.asarray(theta, dtype=np.float64)[self.lind]
+        return lam
+
+
+@dataclass(frozen=True)
+class PLSSolution:
+    """Everything PLS gives at one theta (names as in the module docstring)."""
+
+    theta: np.ndarray
+    logdet_L: float
+    logdet_RX: float
+    pwrss: float
+    beta: np.ndarray
+    cu: np.ndarray
+    RZX: np.ndarray
+    RX: np.ndarray
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """The profiled deviance (ML) or REML criterion as a function of a PLS solution."""
+
+    reml: bool
+    n: int
+    p: int
+    sum_log_w: float
+
+    @property
+    def nu(self) -> int:
+        return self.n - self.p if self.reml else self.n
+
+    def __call__(self, sol: PLSSolution) -> float:
+        nu = self.nu
+        value = sol.logdet_L + nu * (1.0 + math.log(2.0 * math.pi * sol.pwrss / nu))
+        if self.reml:
+            value += sol.logdet_RX
+        return value - self.sum_log_w
+
+    def sigma2(self, sol: PLSSolution) -> float:
+        return sol.pwrss / self.nu
+
+
+class PLS:
+    """The PLS system of one model: symbolic analysis once, a numeric refactor per theta."""
+
+    def __init__(self, cp: CrossProducts, tmap: ThetaMap, ordering: str = "metis") -> None:
+        self.cp = cp
+        self.tmap = tmap
+        self.ordering = ordering
+        A = cp.ZtZ
+        self._A = A
+        if tmap.is_diagonal:
+            self._cols = np.repeat(np.arange(A.shape[1]), np.diff(A.indptr))
+        else:
+            self._A_full = (A + A.T - sp.diags(A.diagonal())).tocsc()
+        self._ZXY = np.column_stack([cp.ZtX, cp.ZtY])
+        generic = np.where(tmap.diagonal_mask(), 1.0, 0.5)
+        self.factor = analyze(self._scaled(generic), mode="auto", ordering_method=ordering)
+        self.evaluations = 0
+
+    def _scaled(self, theta: np.ndarray) -> sp.csc_matrix:
+        """The lower triangle of Lambda' Z'WZ Lambda (the ``+ I`` is CHOLMOD's beta)."""
+        lam = self.tmap.Lambda(theta)
+        if self.tmap.is_diagonal:
+            d = lam.data
+            A = self._A
+            return sp.csc_matrix(
+                (A.data * d[A.indices] * d[self._cols], A.indices, A.indptr), shape=A.shape
+            )
+        return sp.tril(lam.T @ self._A_full @ lam, format="csc")
+
+    def _lambda_t(self, theta: np.ndarray, M: np.ndarray) -> np.ndarray:
+        lam = self.tmap.Lambda(theta)
+        if self.tmap.is_diagonal:
+            return lam.data[:, None] * M
+        return np.asarray(lam.T @ M)
+
+    def solve(self, theta: np.ndarray) -> PLSSolution:
+        """Factor and solve the PLS system at ``theta``."""
+        theta = np.asarray(theta, dtype=np.float64)
+        self.factor.cholesky_inplace(self._scaled(theta), beta=1.0)
+        self.evaluations += 1
+        rhs = self.factor.apply_P(self._lambda_t(theta, self._ZXY))
+        C = np.asarray(self.factor.solve_L(rhs, use_LDLt_decomposition=False))
+        p = self.cp.XtX.shape[0]
+        RZX, cu = C[:, :p], C[:, p]
+        RX = la.cholesky(self.cp.XtX - RZX.T @ RZX, lower=False) if p else np.zeros((0, 0))
+        cbeta = la.solve_triangular(RX, self.cp.XtY - RZX.T @ cu, trans="T") if p else cu[:0]
+        beta = la.solve_triangular(RX, cbeta) if p else np.zeros(0)
+        pwrss = max(self.cp.yty - cu @ cu - cbeta @ cbeta, 1e-300)
+        return PLSSolution(
+            theta=theta.copy(),
+            logdet_L=float(self.factor.logdet()),
+            logdet_RX=float(2.0 * np.sum(np.log(np.diag(RX)))),
+            pwrss=float(pwrss),
+            beta=beta,
+            cu=cu,
+            RZX=RZX,
+            RX=RX,
+        )
+
+    def modes(self, sol: PLSSolution) -> tuple[np.ndarray, np.ndarray]:
+        """(u, b): spherical and original-scale conditional modes at ``sol``.
+
+        The factor must hold ``sol.theta`` (the last ``solve``)."""
+        v = sol.cu - sol.RZX @ sol.beta
+        u = np.asarray(self.factor.apply_Pt(self.factor.solve_Lt(v, use_LDLt_decomposition=False)))
+        return u, np.asarray(self.tmap.Lambda(sol.theta) @ u)
+
+    def nnz_L(self) -> int:
+        """Non-zeros of the current factor L."""
+        return int(self.factor.L().nnz)
