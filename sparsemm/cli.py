@@ -1,1 +1,138 @@
-def main(): return 0
+"""The ``sparsemm`` command: ``sparsemm fit ...`` (DESIGN.md §5).
+
+Exit status 0 on success, 2 on bad input with one line on stderr naming the fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from sparsemm import solver
+from sparsemm.summary import summary_text
+
+
+class BadInput(Exception):
+    """A fault in the command line itself (an option that cannot be honoured)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sparsemm", description="Sparse mixed models, lme4-style.")
+    sub = p.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fit", help="fit a mixed model")
+    f.add_argument("--data", required=True, help="Parquet/CSV path or glob, duckdb:PATH:TABLE, sql:SELECT ...")
+    f.add_argument("--formula", required=True, help="lme4 formula, e.g. 'y ~ x + (1 | g)'")
+    f.add_argument("--family", default="gaussian", choices=["gaussian", "binomial", "poisson"])
+    f.add_argument("--link", default=None)
+    f.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
+    f.add_argument("--weights", default=None, help="column of prior weights")
+    f.add_argument("--format", default="text", choices=["text", "json"])
+    f.add_argument("--server", default=None, help="HOST:PORT of a sparsemm server")
+    f.add_argument("--ranef", default=None, help="write conditional modes to PATH.parquet")
+    f.add_argument("--fitted", default=None, help="write fitted values and residuals to PATH.parquet")
+    f.add_argument("--ordering", default="metis", choices=["metis", "amd", "nesdis", "best", "natural"])
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _fit(args)
+    except (solver.InputError, BadInput) as exc:
+        print(f"sparsemm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    if args.server:
+        raise BadInput("--server: the service is not available in this version; fit in-process")
+    if args.family != "gaussian":
+        raise BadInput(f"--family {args.family}: only gaussian models are supported so far")
+    if args.link not in (None, "identity"):
+        raise BadInput(f"--link {args.link}: the gaussian family uses the identity link")
+
+
+def _fit(args: argparse.Namespace) -> int:
+    _check_options(args)
+    show = not args.quiet and sys.stderr.isatty()
+    started = time.perf_counter()
+    with _Progress(show) as prog:
+        data = solver.prepare(args.formula, args.data, weights=args.weights, progress=prog.rows)
+        read_s = time.perf_counter() - started
+        fitted = solver.LinearMixedModel(data, reml=not args.ml).fit(progress=prog.iteration)
+    result = fitted.result
+    timings = {"read_s": read_s, "fit_s": time.perf_counter() - started - read_s}
+    scaled = _write_outputs(fitted, args)
+    timings["total_s"] = time.perf_counter() - started
+    if args.format == "json":
+        out = result.to_dict()
+        out["timings"] = timings
+        print(json.dumps(_finite(out)))
+    else:
+        sys.stdout.write(summary_text(result, args.data, scaled))
+    return 0
+
+
+def _write_outputs(fitted: solver.LMMFit, args: argparse.Namespace) -> np.ndarray | None:
+    if args.ranef:
+        pq.write_table(fitted.ranef(), args.ranef)
+    if not args.fitted and args.format != "text":
+        return None
+    table = fitted.fitted()
+    if args.fitted:
+        pq.write_table(table, args.fitted)
+    resid = table.column("residual").to_numpy()
+    return resid / fitted.result.sigma
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN or Infinity: write null for them."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+class _Progress:
+    """Progress bars on stderr for the row pass and the optimizer."""
+
+    def __init__(self, show: bool) -> None:
+        self.show = show
+        self._rows: tqdm | None = None
+        self._iters: tqdm | None = None
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for bar in (self._rows, self._iters):
+            if bar is not None:
+                bar.close()
+
+    def rows(self, stage: str, done: int) -> None:
+        if not self.show:
+            return
+        if self._rows is None:
+            self._rows = tqdm(desc="rows read", unit=" rows", unit_scale=True, file=sys.stderr)
+        self._rows.update(done - self._rows.n)
+
+    def iteration(self, k: int, value: float) -> None:
+        if not self.show:
+            return
+        if self._iters is None:
+            self._iters = tqdm(desc="optimizer", unit=" evals", file=sys.stderr)
+        self._iters.update(1)
+        self._iters.set_postfix(objective=f"{value:.6f}", refresh=False)
