@@ -75,9 +75,7 @@ def partial(rows: ModelRows, layout: TermLayout) -> CrossProducts:
     Wy = rows.y * w
     ZtW = Z.T.tocsr().multiply(w[None, :]).tocsr() if rows.w is not None else Z.T.tocsr()
     ZtZ = sp.tril(ZtW @ Z, format="csc")
-    counts = tuple(
-        np.bincount(c, minlength=n) for c, n in zip(rows.codes, layout.nlevels)
-    )
+    counts = tuple(np.bincount(c, minlength=n) for c, n in zip(rows.codes, layout.nlevels))
     with np.errstate(divide="ignore"):
         slw = float(np.sum(np.log(w))) if rows.w is not None else 0.0
     return CrossProducts(

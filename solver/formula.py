@@ -69,9 +69,7 @@ def parse_formula(text: str) -> ModelFormula:
     _check_parentheses(text)
     parts = _split_top(text, "~")
     if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
-        raise FormulaError(
-            f"formula '{text}' must have the form 'response ~ terms'", "formula"
-        )
+        raise FormulaError(f"formula '{text}' must have the form 'response ~ terms'", "formula")
     response, rhs = parts[0].strip(), parts[1]
     terms = [t.strip() for t in _split_top(rhs, "+")]
     fixed: list[str] = []
@@ -154,7 +152,8 @@ def _expand_bar(inner: str, term: str) -> list[RandomTerm]:
 def _expand_groups(text: str, term: str) -> list[GroupingFactor]:
     """``a/b/c`` -> a, b:a, c:b:a (lme4 names nested factors inner-first)."""
     nest = [p.strip() for p in text.split("/")]
-    out, outer = [], []
+    out: list[GroupingFactor] = []
+    outer: list[str] = []
     for part in nest:
         columns = tuple(c.strip() for c in part.split(":"))
         for col in columns:

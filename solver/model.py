@@ -141,7 +141,9 @@ def _ordered_terms(random: tuple[RandomTerm, ...], info: FrameInfo):
 
     def nlevels(t: RandomTerm) -> int:
         cols = t.group.columns
-        return len(info.levels[cols[0]].labels if len(cols) == 1 else info.groups[t.group.name].labels)
+        return len(
+            info.levels[cols[0]].labels if len(cols) == 1 else info.groups[t.group.name].labels
+        )
 
     ordered = sorted(random, key=lambda t: -nlevels(t))
     return [(t.group.name, t.group.columns, t.lhs) for t in ordered]

@@ -90,16 +90,15 @@ def minimize(
 def _bobyqa(f: Objective, x0: np.ndarray, lower: np.ndarray, control: Control):
     opt = nlopt.opt(nlopt.LN_BOBYQA, len(x0))
     opt.set_lower_bounds(lower.tolist())
-    opt.set_min_objective(lambda x, grad: f(x))
     opt.set_ftol_abs(control.ftol_abs)
     opt.set_xtol_abs(control.xtol_abs)
     opt.set_maxeval(control.maxeval)
-    best = {"x": np.asarray(x0, float), "f": np.inf}
+    best_x, best_f = [np.asarray(x0, float)], [np.inf]
 
-    def tracked(x, grad):
+    def tracked(x: np.ndarray, grad: np.ndarray) -> float:
         value = f(x)
-        if value < best["f"]:
-            best["x"], best["f"] = np.array(x), value
+        if value < best_f[0]:
+            best_x[0], best_f[0] = np.array(x), value
         return value
 
     opt.set_min_objective(tracked)
@@ -107,7 +106,7 @@ def _bobyqa(f: Objective, x0: np.ndarray, lower: np.ndarray, control: Control):
         x = np.asarray(opt.optimize(np.asarray(x0, float)))
         status = _NLOPT_STATUS.get(opt.last_optimize_result(), "converged")
     except nlopt.RoundoffLimited:
-        x, status = best["x"], "converged (roundoff-limited)"
+        x, status = best_x[0], "converged (roundoff-limited)"
     return x, status
 
 

@@ -1,11 +1,11 @@
 """The fit's summary, built in one place, with lme4's definitions.
 
-    sigma^2   = pwrss / (n - p) (REML)  or  pwrss / n (ML)
-    vcov(beta)= sigma^2 R_X^-1 R_X^-T                     std_error = sqrt(diag)
-    Sigma_k   = sigma^2 T_k T_k'                          (variance components)
-    logLik    = -objective / 2     (REML log-likelihood for REML fits, as lme4)
-    AIC       = -2 logLik + 2 k,   BIC = -2 logLik + k log(n),   k = p + len(theta) + 1
-    deviance  = ML deviance at the estimates (for a REML fit: lme4's deviance(m, REML = FALSE))
+sigma^2   = pwrss / (n - p) (REML)  or  pwrss / n (ML)
+vcov(beta)= sigma^2 R_X^-1 R_X^-T                     std_error = sqrt(diag)
+Sigma_k   = sigma^2 T_k T_k'                          (variance components)
+logLik    = -objective / 2     (REML log-likelihood for REML fits, as lme4)
+AIC       = -2 logLik + 2 k,   BIC = -2 logLik + k log(n),   k = p + len(theta) + 1
+deviance  = ML deviance at the estimates (for a REML fit: lme4's deviance(m, REML = FALSE))
 """
 
 from __future__ import annotations
@@ -115,8 +115,8 @@ def build_result(
         reml_criterion=value if model.reml else None,
         converged=not warned,
         singular=singular,
-        messages=list(data.messages) + [d.message for d in checks if d.severity != "info"
-                                        or d.code == "singular"],  # fmt: skip
+        messages=list(data.messages)
+        + [d.message for d in checks if d.severity != "info" or d.code == "singular"],  # fmt: skip
         diagnostics=checks,
         evaluations=evaluations,
         nnz_L=model.pls.nnz_L(),
@@ -160,12 +160,16 @@ def _variance_components(
         S = sigma**2 * T @ T.T
         sd = np.sqrt(np.diag(S))
         for i in range(t.p):
-            out.append(VarianceComponent(name, t.names[i], None, float(S[i, i]), float(sd[i]), None))
+            out.append(
+                VarianceComponent(name, t.names[i], None, float(S[i, i]), float(sd[i]), None)
+            )
         for i in range(t.p):
             for j in range(i + 1, t.p):
                 denom = sd[i] * sd[j]
                 corr = float(S[i, j] / denom) if denom > 0 else float("nan")
-                out.append(VarianceComponent(name, t.names[i], t.names[j], float(S[i, j]), None, corr))
+                out.append(
+                    VarianceComponent(name, t.names[i], t.names[j], float(S[i, j]), None, corr)
+                )
     out.append(VarianceComponent("Residual", None, None, sigma**2, sigma, None))
     return out
 

@@ -31,7 +31,8 @@ DEFAULT_BATCH_ROWS = 1 << 20
 class Source(Protocol):
     """Rows that can be read, in batches, as often as needed."""
 
-    description: str
+    @property
+    def description(self) -> str: ...
 
     def schema(self) -> pa.Schema: ...
 
@@ -111,9 +112,9 @@ class DuckDBSource:
     def _read(self, select: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
         con = self._connect()
         try:
-            reader = con.sql(
-                f"SELECT {select} FROM ({self.relation_sql}) AS src"
-            ).to_arrow_reader(batch_rows)
+            reader = con.sql(f"SELECT {select} FROM ({self.relation_sql}) AS src").to_arrow_reader(
+                batch_rows
+            )
             yield from reader
         except duckdb.Error as exc:
             raise InputError(f"cannot read {self.description}: {exc}", "data") from None

@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sparsemm", description="Sparse mixed models, lme4-style.")
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fit", help="fit a mixed model")
-    f.add_argument("--data", required=True, help="Parquet/CSV path or glob, duckdb:PATH:TABLE, sql:SELECT ...")
+    f.add_argument(
+        "--data", required=True, help="Parquet/CSV path or glob, duckdb:PATH:TABLE, sql:SELECT ..."
+    )
     f.add_argument("--formula", required=True, help="lme4 formula, e.g. 'y ~ x + (1 | g)'")
     f.add_argument("--family", default="gaussian", choices=["gaussian", "binomial", "poisson"])
     f.add_argument("--link", default=None)
@@ -38,8 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--format", default="text", choices=["text", "json"])
     f.add_argument("--server", default=None, help="HOST:PORT of a sparsemm server")
     f.add_argument("--ranef", default=None, help="write conditional modes to PATH.parquet")
-    f.add_argument("--fitted", default=None, help="write fitted values and residuals to PATH.parquet")
-    f.add_argument("--ordering", default="metis", choices=["metis", "amd", "nesdis", "best", "natural"])
+    f.add_argument(
+        "--fitted", default=None, help="write fitted values and residuals to PATH.parquet"
+    )
+    f.add_argument(
+        "--ordering", default="metis", choices=["metis", "amd", "nesdis", "best", "natural"]
+    )
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

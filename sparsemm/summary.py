@@ -17,7 +17,9 @@ def _table(rows: list[list[str]], right: set[int]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = []
     for r in rows:
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
+        ]
         out.append(" " + " ".join(cells).rstrip())
     return out
 
@@ -54,8 +56,10 @@ def summary_text(result: FitResult, data_name: str, scaled_resid: np.ndarray | N
     if result.reml_criterion is not None:
         lines.append(f"REML criterion at convergence: {result.reml_criterion:.4f}")
     else:
-        lines += ["      AIC       BIC    logLik  deviance",
-                  f" {result.aic:8.4f} {result.bic:8.4f} {result.loglik:8.4f} {result.deviance:8.4f}"]
+        lines += [
+            "      AIC       BIC    logLik  deviance",
+            f" {result.aic:8.4f} {result.bic:8.4f} {result.loglik:8.4f} {result.deviance:8.4f}",
+        ]
     if scaled_resid is not None and len(scaled_resid):
         q = np.quantile(scaled_resid, [0, 0.25, 0.5, 0.75, 1.0])
         lines += ["", "Scaled residuals: "]
