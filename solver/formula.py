@@ -120,9 +120,19 @@ def _bar_content(term: str) -> str | None:
     if not (term.startswith("(") and term.endswith(")")):
         return None
     inner = term[1:-1]
-    if len(_split_top(inner, ")")) > 1 or "|" not in _split_top_text(inner):
+    if _closing(term) != len(term) - 1 or "|" not in _split_top_text(inner):
         return None
     return inner
+
+
+def _closing(text: str) -> int:
+    """Index of the parenthesis closing the one at ``text[0]``."""
+    depth = 0
+    for pos, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0:
+            return pos
+    return -1
 
 
 def _split_top_text(text: str) -> str:

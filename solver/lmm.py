@@ -52,12 +52,12 @@ class LinearMixedModel:
     ) -> LMMFit:
         started = time.perf_counter()
         opt = minimize(self.objective, self.tmap.start(), self.tmap.lower(), control, progress)
-        checks = check_convergence(
+        checks, theta = check_convergence(
             self.objective, opt.x, self.tmap.lower(), self.tmap.diagonal_mask(), control
         )
         if opt.status.startswith("maximum"):
             checks.append(Diagnostic("optimizer", "warning", opt.status))
-        sol = self.solve(opt.x)
+        sol = self.solve(theta)
         result = build_result(self, sol, checks, opt.evaluations)
         return LMMFit(self, sol, result, time.perf_counter() - started)
 
