@@ -222,7 +222,7 @@ def build_design(
     fixed_text = formula.fixed_formula()
     fixed_spec = build_spec(fixed_text, frame, "formula")
     fixed_names = r_names(tuple(fixed_spec.rhs.column_names), _to_python(formula.fixed))
-    offsets = tuple(build_spec(f"0 + {_to_python(o)}", frame, "offset") for o in formula.offsets)
+    offsets = tuple(build_spec(f"0 + I({_to_python(o)})", frame, "offset") for o in formula.offsets)
     term_designs = tuple(_term_design(g, cols, lhs, frame, info) for g, cols, lhs in terms)
     return Design(fixed_names, fixed_spec, offsets, term_designs, weights, info)
 

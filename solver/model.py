@@ -96,7 +96,7 @@ def _columns(
     """Columns the model reads, and which of them are factors."""
     fixed_vars = _variables(f.fixed_formula(), "formula")
     lhs_vars = {v for t in f.random for v in _variables(_to_python(t.lhs), f"({t.lhs} | ...)")}
-    offset_vars = {v for o in f.offsets for v in _variables(_to_python(o), "offset")}
+    offset_vars = {v for o in f.offsets for v in _variables(f"I({_to_python(o)})", "offset")}
     group_cols = {c for t in f.random for c in t.group.columns}
     wanted = fixed_vars | lhs_vars | offset_vars | group_cols | ({weights} if weights else set())
     names = set(schema.names)
