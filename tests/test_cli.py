@@ -39,8 +39,9 @@ def test_json_contract(capsys) -> None:
 
 def test_text_summary_and_outputs(capsys, tmp_path) -> None:
     ranef, fitted = tmp_path / "re.parquet", tmp_path / "fit.parquet"
-    code, out, _ = run(capsys, "--data", f"sql:SELECT * FROM read_parquet('{SLEEP}')",
-                       "--formula", FORMULA, "--ranef", str(ranef), "--fitted", str(fitted))  # fmt: skip
+    source = f"sql:SELECT * FROM read_parquet('{SLEEP}')"
+    outputs = ["--ranef", str(ranef), "--fitted", str(fitted)]
+    code, out, _ = run(capsys, "--data", source, "--formula", FORMULA, *outputs)
     assert code == 0
     for fragment in ["REML criterion at convergence: 1743.6", "Scaled residuals",
                      "Random effects:", "Subject", "Residual", "Number of obs: 180",
@@ -88,7 +89,9 @@ def odd_data(tmp_path_factory) -> str:
         ("y ~ allnull + (1 | g)", "no rows left after dropping"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(capsys, odd_data: str, formula: str, fragment: str) -> None:
+def test_bad_input_exits_2_with_one_line(
+    capsys, odd_data: str, formula: str, fragment: str
+) -> None:
     code, out, err = run(capsys, "--data", odd_data, "--formula", formula)
     assert code == 2
     assert out == ""
