@@ -42,6 +42,8 @@ class Control:
 
     ftol_abs: float = 1e-10
     xtol_abs: float = 1e-10
+    ftol_rel: float = 0.0
+    xtol_rel: float = 0.0
     maxeval: int = 100_000
     tol_grad: float = 2e-3
     tol_hess: float = 1e-6
@@ -92,6 +94,8 @@ def _bobyqa(f: Objective, x0: np.ndarray, lower: np.ndarray, control: Control):
     opt.set_lower_bounds(lower.tolist())
     opt.set_ftol_abs(control.ftol_abs)
     opt.set_xtol_abs(control.xtol_abs)
+    opt.set_ftol_rel(control.ftol_rel)
+    opt.set_xtol_rel(control.xtol_rel)
     opt.set_maxeval(control.maxeval)
     best_x, best_f = [np.asarray(x0, float)], [np.inf]
 

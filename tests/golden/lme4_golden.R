@@ -1,118 +1,224 @@
 # Golden values from lme4 for sparsemm's tests.
+#
 # Usage: Rscript tests/golden/lme4_golden.R OUTDIR
-# Writes OUTDIR/lme4_golden.json and, per dataset, OUTDIR/NAME.csv + NAME.levels.json
-# (factor levels in R's order).  Run through tests/golden/make_golden.py.
+#   (normally run through tests/golden/make_golden.py)
+#
+# Writes into OUTDIR:
+#   NAME.csv          each dataset used, once (write.csv, no row names, NA as empty;
+#                     doubles written with 17 significant digits, so they round-trip)
+#   NAME.levels.json  {factor column: levels(x)}, in R's level order
+#   NAME.types.json   {column: "double" | "integer" | "logical" | "character" |
+#                     "factor" | "ordered"}, so the Python side keeps R's column types
+#   lme4_golden.json  one object per case (see golden_row), full double precision
+#   R_VERSIONS.txt    R, lme4 and Matrix versions
+#
+# Every model is fitted with lme4's defaults (lmerControl(), optimizer nloptwrap).
 suppressPackageStartupMessages({
   library(lme4)
   library(mlmRev)
   library(jsonlite)
 })
 
-args <- commandArgs(trailingOnly = TRUE)
-outdir <- if (length(args)) args[[1]] else "."
+# ---- datasets and cases ---------------------------------------------------------
 
-sleep <- lme4::sleepstudy
-sleep$w <- 1 + (seq_len(nrow(sleep)) %% 3)
+sleepstudy_w <- lme4::sleepstudy
+sleepstudy_w$w <- 1 + (seq_len(nrow(sleepstudy_w)) %% 3)  # deterministic weights
 
 datasets <- list(
-  sleepstudy = sleep,
+  sleepstudy = sleepstudy_w,
   Penicillin = lme4::Penicillin,
   Pastes = lme4::Pastes,
   Dyestuff = lme4::Dyestuff,
   Dyestuff2 = lme4::Dyestuff2,
   InstEval = lme4::InstEval,
   Exam = mlmRev::Exam,
-  cake = within(as.data.frame(lme4::cake), temperature <- NULL)
+  cake = as.data.frame(lme4::cake)
 )
+
+case <- function(name, dataset, formula, REML = TRUE, weights = NULL) {
+  list(name = name, dataset = dataset, formula = formula, REML = REML, weights = weights)
+}
 
 cases <- list(
-  list("sleepstudy_reml", "sleepstudy", "Reaction ~ Days + (Days | Subject)", TRUE),
-  list("sleepstudy_ml", "sleepstudy", "Reaction ~ Days + (Days | Subject)", FALSE),
-  list("sleepstudy_uncorr", "sleepstudy", "Reaction ~ Days + (Days || Subject)", TRUE),
-  list("sleepstudy_slope_only", "sleepstudy", "Reaction ~ Days + (0 + Days | Subject)", TRUE),
-  list("sleepstudy_weights", "sleepstudy", "Reaction ~ Days + (1 | Subject)", TRUE, "w"),
-  list("sleepstudy_offset", "sleepstudy", "Reaction ~ Days + offset(2 * Days) + (1 | Subject)", TRUE),
-  list("penicillin", "Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", TRUE),
-  list("pastes", "Pastes", "strength ~ 1 + (1 | batch/cask)", TRUE),
-  list("dyestuff", "Dyestuff", "Yield ~ 1 + (1 | Batch)", TRUE),
-  list("dyestuff_ml", "Dyestuff", "Yield ~ 1 + (1 | Batch)", FALSE),
-  list("dyestuff2", "Dyestuff2", "Yield ~ 1 + (1 | Batch)", TRUE),
-  list("insteval", "InstEval", "y ~ service + (1 | s) + (1 | d) + (1 | dept:service)", TRUE),
-  list("exam_slopes", "Exam", "normexam ~ standLRT * sex + I(standLRT^2) + (1 + standLRT | school)", TRUE),
-  list("exam_ml_factors", "Exam", "normexam ~ schgend + vr + standLRT + (1 | school)", FALSE),
-  list("cake_log", "cake", "angle ~ recipe + log(temp) + (1 | replicate)", TRUE),
-  list("cake_interaction_group", "cake", "angle ~ recipe + temp + I(temp^2) + (1 | recipe:replicate)", TRUE)
+  case("sleepstudy_reml", "sleepstudy", "Reaction ~ Days + (Days | Subject)"),
+  case("sleepstudy_ml", "sleepstudy", "Reaction ~ Days + (Days | Subject)", REML = FALSE),
+  case("sleepstudy_uncorr", "sleepstudy", "Reaction ~ Days + (Days || Subject)"),
+  case("sleepstudy_nointercept_slope", "sleepstudy", "Reaction ~ Days + (0 + Days | Subject)"),
+  case("penicillin", "Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)"),
+  case("pastes", "Pastes", "strength ~ 1 + (1 | batch/cask)"),
+  case("dyestuff", "Dyestuff", "Yield ~ 1 + (1 | Batch)"),
+  case("dyestuff_ml", "Dyestuff", "Yield ~ 1 + (1 | Batch)", REML = FALSE),
+  case("dyestuff2", "Dyestuff2", "Yield ~ 1 + (1 | Batch)"),  # singular fit
+  case("insteval", "InstEval", "y ~ service + (1 | s) + (1 | d) + (1 | dept:service)"),
+  case("exam_slopes", "Exam",
+       "normexam ~ standLRT * sex + I(standLRT^2) + (1 + standLRT | school)"),
+  # mlmRev's Exam has no column `vrband`; the verbal-reasoning band is `vr`.
+  case("exam_ml_factor", "Exam", "normexam ~ schgend + vr + standLRT + (1 | school)",
+       REML = FALSE),
+  case("sleepstudy_weights", "sleepstudy", "Reaction ~ Days + (1 | Subject)", weights = "w"),
+  case("sleepstudy_offset", "sleepstudy",
+       "Reaction ~ Days + offset(2 * Days) + (1 | Subject)"),
+  # cake's `temperature` is an ordered factor (polynomial contrasts), so these use
+  # the numeric `temp` and keep treatment contrasts throughout.
+  case("cake_quadratic", "cake", "angle ~ recipe + temp + I(temp^2) + (1 | recipe:replicate)"),
+  case("cake_log", "cake", "angle ~ recipe + log(temp) + (1 | replicate)")
 )
 
-export_dataset <- function(name, df) {
-  write.csv(df, file.path(outdir, paste0(name, ".csv")), row.names = FALSE, na = "")
-  facs <- Filter(is.factor, df)
-  levs <- lapply(facs, levels)
-  writeLines(toJSON(levs, auto_unbox = FALSE), file.path(outdir, paste0(name, ".levels.json")))
+# ---- JSON with exact doubles ------------------------------------------------------
+#
+# jsonlite prints at most 15 significant digits (even with digits = NA or I(17)), which
+# does not round-trip a double.  So every double is formatted here with "%.17g" (exact
+# for IEEE doubles) and handed to toJSON verbatim.  A length-1 double becomes a JSON
+# number unless wrapped in I(), which keeps it an array (as with auto_unbox).
+
+format_doubles <- function(x) {
+  if (any(is.infinite(x))) stop("cannot write Inf to JSON")
+  ifelse(is.na(x), "null", sprintf("%.17g", x))
 }
 
-fit_case <- function(formula, data, reml, weights) {
-  if (is.null(weights)) {
-    lmer(as.formula(formula), data = data, REML = reml)
+exact_doubles <- function(x) {
+  if (is.list(x)) {
+    out <- lapply(x, exact_doubles)
+    names(out) <- names(x)
+    out
+  } else if (is.double(x)) {
+    text <- format_doubles(x)
+    if (length(x) == 1 && !inherits(x, "AsIs")) structure(text, class = "json")
+    else structure(paste0("[", paste(text, collapse = ","), "]"), class = "json")
   } else {
-    data$.w <- data[[weights]]
-    lmer(as.formula(formula), data = data, REML = reml, weights = .w)
+    x
   }
 }
 
-devfun_points <- function(formula, data, reml, weights, m) {
-  dd <- if (is.null(weights)) {
-    lmer(as.formula(formula), data = data, REML = reml, devFunOnly = TRUE)
-  } else {
-    data$.w <- data[[weights]]
-    lmer(as.formula(formula), data = data, REML = reml, weights = .w, devFunOnly = TRUE)
-  }
-  lower <- getME(m, "lower")
-  opt <- getME(m, "theta")
-  start <- ifelse(lower == 0, 1, 0)
-  shrunk <- ifelse(lower == 0, opt * 0.7, opt)
-  lapply(list(start, unname(opt), unname(shrunk)), function(th) {
-    list(theta = unname(th), value = dd(unname(th)))
-  })
+write_json_file <- function(x, path, auto_unbox = TRUE) {
+  json <- toJSON(exact_doubles(x), auto_unbox = auto_unbox, json_verbatim = TRUE,
+                 null = "null", na = "null")
+  writeLines(json, path)
 }
+
+# ---- datasets -------------------------------------------------------------------
+
+column_type <- function(x) {
+  if (is.ordered(x)) "ordered"
+  else if (is.factor(x)) "factor"
+  else if (is.integer(x)) "integer"
+  else if (is.double(x)) "double"
+  else if (is.logical(x)) "logical"
+  else if (is.character(x)) "character"
+  else stop("unsupported column class: ", paste(class(x), collapse = "/"))
+}
+
+export_dataset <- function(name, df, outdir) {
+  df <- as.data.frame(df)
+  types <- vapply(df, column_type, "")
+  text <- df
+  for (col in names(df)[types == "double"]) {
+    x <- df[[col]]
+    text[[col]] <- ifelse(is.na(x), NA_character_, sprintf("%.17g", x))  # exact
+  }
+  quoted <- which(types %in% c("factor", "ordered", "character"))
+  write.csv(text, file.path(outdir, paste0(name, ".csv")),
+            row.names = FALSE, na = "", quote = if (length(quoted)) quoted else FALSE)
+  levels_of <- lapply(Filter(is.factor, df), levels)
+  write_json_file(levels_of, file.path(outdir, paste0(name, ".levels.json")), auto_unbox = FALSE)
+  write_json_file(as.list(types), file.path(outdir, paste0(name, ".types.json")))
+}
+
+# ---- fitting --------------------------------------------------------------------
+
+# lmer with the case's formula, REML setting and (column-name) weights; `...` is
+# passed on (devFunOnly = TRUE).
+fit_case <- function(cs, data, ...) {
+  call <- if (is.null(cs$weights)) {
+    bquote(lmer(.(as.formula(cs$formula)), data = data, REML = .(cs$REML), ...))
+  } else {
+    bquote(lmer(.(as.formula(cs$formula)), data = data, REML = .(cs$REML),
+                weights = .(as.name(cs$weights)), ...))
+  }
+  eval(call)
+}
+
+# The three thetas at which the profiled objective is evaluated: lme4's start (1 on
+# the diagonal of the relative covariance factor, 0 off it; diagonal entries are
+# those with lower bound 0), the optimum, and the optimum with its diagonal entries
+# times 0.7 (off-diagonal entries unchanged).
+theta_points <- function(m) {
+  diag_entry <- getME(m, "lower") == 0
+  opt <- unname(getME(m, "theta"))
+  list(start = ifelse(diag_entry, 1, 0), optimum = opt,
+       shrunk = ifelse(diag_entry, 0.7 * opt, opt))
+}
+
+devfun_at <- function(cs, data, m) {
+  devfun <- fit_case(cs, data, devFunOnly = TRUE)
+  points <- theta_points(m)
+  evaluated <- lapply(unname(points), function(th) list(theta = I(th), value = devfun(th)))
+  # Fixed effects at the start theta: re-evaluate there and read beta off the
+  # predictor module in the deviance function's environment.
+  devfun(points$start)
+  beta <- environment(devfun)$pp$beta(1)
+  list(devfun_at = evaluated, fixef_at_start = as.list(setNames(beta, names(fixef(m)))))
+}
+
+# ---- golden values --------------------------------------------------------------
 
 rows_of <- function(df) {
   df[] <- lapply(df, function(col) if (is.factor(col)) as.character(col) else col)
-  unname(lapply(seq_len(nrow(df)), function(i) as.list(df[i, , drop = FALSE])))
+  lapply(seq_len(nrow(df)), function(i) as.list(df[i, , drop = FALSE]))
 }
 
-golden_row <- function(case) {
-  name <- case[[1]]; dataset <- case[[2]]; formula <- case[[3]]; reml <- case[[4]]
-  weights <- if (length(case) >= 5) case[[5]] else NULL
-  data <- datasets[[dataset]]
-  m <- fit_case(formula, data, reml, weights)
+golden_row <- function(cs) {
+  data <- datasets[[cs$dataset]]
+  m <- fit_case(cs, data)
   vc <- as.data.frame(VarCorr(m))
   re <- as.data.frame(ranef(m, condVar = TRUE))
+  fe <- fixef(m)
+  at <- devfun_at(cs, data, m)
   list(
-    name = name, dataset = dataset, formula = formula, REML = reml,
-    weights = if (is.null(weights)) NULL else weights,
-    nobs = nobs(m), ngroups = as.list(ngrps(m)),
-    theta = unname(getME(m, "theta")), sigma = sigma(m),
-    loglik = as.numeric(logLik(m)), aic = AIC(m), bic = BIC(m),
-    remlcrit = if (reml) REMLcrit(m) else NULL,
-    deviance_ml = if (reml) deviance(m, REML = FALSE) else deviance(m),
-    fixef = as.list(fixef(m)), se = as.list(sqrt(diag(as.matrix(vcov(m))))),
-    tvalue = setNames(as.list(coef(summary(m))[, "t value"]), names(fixef(m))),
+    name = cs$name, dataset = cs$dataset, formula = cs$formula, REML = cs$REML,
+    weights = cs$weights,  # NULL -> null
+    nobs = nobs(m),
+    ngroups = as.list(ngrps(m)),
+    theta = I(unname(getME(m, "theta"))),
+    sigma = sigma(m),
+    loglik = as.numeric(logLik(m)),
+    aic = AIC(m),
+    bic = BIC(m),
+    remlcrit = if (cs$REML) REMLcrit(m) else NULL,
+    deviance_ml = if (cs$REML) deviance(m, REML = FALSE) else deviance(m),
+    fixef = as.list(fe),
+    se = as.list(setNames(sqrt(diag(as.matrix(vcov(m)))), names(fe))),
+    tvalue = as.list(setNames(coef(summary(m))[, "t value"], names(fe))),
     varcorr = rows_of(vc[, c("grp", "var1", "var2", "vcov", "sdcor")]),
     singular = isSingular(m),
-    converged_messages = as.list(m@optinfo$conv$lme4$messages),
+    converged_messages = as.list(as.character(m@optinfo$conv$lme4$messages)),
     ranef = rows_of(re[, c("grpvar", "term", "grp", "condval", "condsd")]),
-    fitted = unname(head(fitted(m), 20)), resid = unname(head(residuals(m), 20)),
-    devfun_at = devfun_points(formula, data, reml, weights, m)
+    fitted = I(unname(head(fitted(m), 20))),
+    resid = I(unname(head(residuals(m), 20))),
+    devfun_at = at$devfun_at,
+    fixef_at_start = at$fixef_at_start
   )
 }
 
-for (nm in names(datasets)) export_dataset(nm, datasets[[nm]])
-golden <- lapply(cases, golden_row)
-writeLines(
-  toJSON(golden, auto_unbox = TRUE, digits = NA, null = "null", na = "null"),
-  file.path(outdir, "lme4_golden.json")
-)
-writeLines(c(R.version.string, paste("lme4", packageVersion("lme4")),
-             paste("Matrix", packageVersion("Matrix"))),
-           file.path(outdir, "R_VERSIONS.txt"))
+# ---- main -----------------------------------------------------------------------
+
+main <- function(outdir) {
+  dir.create(outdir, showWarnings = FALSE, recursive = TRUE)
+  used <- unique(vapply(cases, `[[`, "", "dataset"))
+  for (nm in used) export_dataset(nm, datasets[[nm]], outdir)
+  golden <- lapply(cases, function(cs) {
+    message("fitting ", cs$name)
+    golden_row(cs)
+  })
+  write_json_file(golden, file.path(outdir, "lme4_golden.json"))
+  writeLines(c(R.version.string,
+               paste("lme4", packageVersion("lme4")),
+               paste("Matrix", packageVersion("Matrix")),
+               paste("mlmRev", packageVersion("mlmRev")),
+               paste("jsonlite", packageVersion("jsonlite"))),
+             file.path(outdir, "R_VERSIONS.txt"))
+}
+
+args <- commandArgs(trailingOnly = TRUE)
+if (length(args) != 1) stop("usage: Rscript lme4_golden.R OUTDIR")
+main(args[[1]])

@@ -1,15 +1,20 @@
-"""Regenerate the lme4 golden values and the test datasets.
+"""Regenerate the lme4 golden values and the test datasets from R.
 
     .venv/bin/python tests/golden/make_golden.py
 
-Runs tests/golden/lme4_golden.R (needs Rscript with lme4, mlmrev and jsonlite:
-``apt-get install r-cran-lme4 r-cran-mlmrev r-cran-jsonlite``) into a temporary
-directory, then writes
+Needs ``Rscript`` with the R packages lme4, mlmRev and jsonlite (Debian/Ubuntu:
+``apt-get install r-cran-lme4 r-cran-mlmrev r-cran-jsonlite``).  It runs
+``tests/golden/lme4_golden.R`` into a temporary directory and writes
 
-    tests/golden/lme4_golden.json   golden values per case (see the R script)
-    tests/golden/R_VERSIONS.txt     R, lme4 and Matrix versions
-    tests/data/NAME.parquet         each dataset; R factors as dictionary columns
-                                    with exactly R's level order
+    tests/golden/lme4_golden.json   lme4's results per case (see the R script for the
+                                    fields), every double at full precision
+    tests/golden/R_VERSIONS.txt     R, lme4, Matrix, mlmRev and jsonlite versions
+    tests/data/NAME.parquet         each dataset the cases use (zstd-compressed)
+
+In the Parquet files every R factor is a pandas Categorical, i.e. a dictionary column,
+whose dictionary is exactly R's ``levels(x)`` in R's order (unused levels included;
+ordered factors stay ordered); R doubles are float64 and R integers int64.  Each file
+is read back and checked against the R export before this script reports success.
 
 The test-suite reads only these files; it never needs R.
 """
@@ -17,6 +22,7 @@ The test-suite reads only these files; it never needs R.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -27,36 +33,103 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "data"
+R_SCRIPT = HERE / "lme4_golden.R"
+INSTALL_HINT = "apt-get install r-cran-lme4 r-cran-mlmrev r-cran-jsonlite"
 
 
-def to_parquet(csv: Path, levels_file: Path, out: Path) -> None:
-    """One exported dataset to Parquet, factors as Categoricals in R's level order."""
-    levels = json.loads(levels_file.read_text()) if levels_file.exists() else {}
-    levels = levels or {}
-    dtypes = {name: str for name in levels}
-    frame = pd.read_csv(csv, dtype=dtypes, keep_default_na=False, na_values=[""])
-    for name, lev in levels.items():
-        frame[name] = pd.Categorical(frame[name], categories=lev)
+def read_export(out: Path, name: str) -> tuple[pd.DataFrame, dict, dict]:
+    """The raw CSV (all strings, "" = NA) and its column types and factor levels."""
+    types = json.loads((out / f"{name}.types.json").read_text())
+    levels = json.loads((out / f"{name}.levels.json").read_text()) or {}
+    raw = pd.read_csv(out / f"{name}.csv", dtype=str, keep_default_na=False, na_filter=False)
+    if list(raw.columns) != list(types):
+        raise ValueError(f"{name}: CSV columns {list(raw.columns)} != {list(types)}")
+    return raw, types, levels
+
+
+def convert_column(values: pd.Series, rtype: str, levels: list[str] | None) -> pd.Series:
+    """One CSV column (strings) to the pandas dtype matching R's column type."""
+    missing = values == ""
+    if rtype in ("factor", "ordered"):
+        assert levels is not None and "" not in levels, "factor levels missing or empty"
+        cat = pd.Categorical(
+            values.where(~missing, None), categories=levels, ordered=rtype == "ordered"
+        )
+        unknown = int(pd.isna(cat).sum()) - int(missing.sum())
+        if unknown:
+            raise ValueError(f"{unknown} values not among the R levels")
+        return pd.Series(cat, index=values.index)
+    if rtype == "double":
+        # float() parses correctly rounded; R wrote "%.17g", so this is exact.
+        return pd.Series([math.nan if m else float(v) for v, m in zip(values, missing)],
+                         index=values.index, dtype="float64")
+    if rtype == "integer":
+        ints = [None if m else int(v) for v, m in zip(values, missing)]
+        return pd.Series(ints, index=values.index, dtype="Int64" if missing.any() else "int64")
+    if rtype == "logical":
+        bools = [None if m else {"TRUE": True, "FALSE": False}[v] for v, m in zip(values, missing)]
+        return pd.Series(bools, index=values.index, dtype="boolean" if missing.any() else "bool")
+    if rtype == "character":
+        return values.where(~missing, None)
+    raise ValueError(f"unsupported R column type {rtype!r}")
+
+
+def to_frame(raw: pd.DataFrame, types: dict, levels: dict) -> pd.DataFrame:
+    return pd.DataFrame(
+        {col: convert_column(raw[col], rtype, levels.get(col)) for col, rtype in types.items()}
+    )
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    pq.write_table(table, out, compression="zstd")
+    pq.write_table(table, path, compression="zstd")
+
+
+def check_parquet(path: Path, frame: pd.DataFrame, types: dict, levels: dict) -> None:
+    """Read the file back with pyarrow: same rows, values, and R's level order."""
+    table = pq.read_table(path)
+    if table.num_rows != len(frame) or table.column_names != list(types):
+        raise AssertionError(f"{path.name}: shape or column names changed")
+    for col, rtype in types.items():
+        column = table.column(col)
+        if rtype in ("factor", "ordered"):
+            if not pa.types.is_dictionary(column.type):
+                raise AssertionError(f"{path.name}:{col} is not a dictionary column")
+            if column.type.ordered != (rtype == "ordered"):
+                raise AssertionError(f"{path.name}:{col} ordered flag changed")
+            for chunk in column.chunks:
+                if chunk.dictionary.to_pylist() != levels[col]:
+                    raise AssertionError(f"{path.name}:{col} level order differs from R")
+        if column.to_pylist() != pa.Array.from_pandas(frame[col]).to_pylist():
+            raise AssertionError(f"{path.name}:{col} values changed in the round trip")
+
+
+def run_r(out: Path) -> None:
+    if shutil.which("Rscript") is None:
+        raise SystemExit(f"make_golden: Rscript not found; needs R with lme4 ({INSTALL_HINT})")
+    subprocess.run(["Rscript", str(R_SCRIPT), str(out)], check=True)
 
 
 def main() -> int:
-    if shutil.which("Rscript") is None:
-        print("make_golden: Rscript not found (apt-get install r-cran-lme4 r-cran-mlmrev)")
-        return 1
-    DATA.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["Rscript", str(HERE / "lme4_golden.R"), tmp], check=True)
+    DATA.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="lme4_golden_") as tmp:
         out = Path(tmp)
-        for csv in sorted(out.glob("*.csv")):
-            name = csv.stem
-            to_parquet(csv, out / f"{name}.levels.json", DATA / f"{name}.parquet")
-        shutil.copy(out / "lme4_golden.json", HERE / "lme4_golden.json")
-        shutil.copy(out / "R_VERSIONS.txt", HERE / "R_VERSIONS.txt")
-    print(f"wrote {HERE / 'lme4_golden.json'} and datasets under {DATA}")
+        run_r(out)
+        golden = json.loads((out / "lme4_golden.json").read_text())
+        for name in sorted({case["dataset"] for case in golden}):
+            raw, types, levels = read_export(out, name)
+            frame = to_frame(raw, types, levels)
+            path = DATA / f"{name}.parquet"
+            write_parquet(frame, path)
+            check_parquet(path, frame, types, levels)
+            print(f"{path.relative_to(HERE.parent.parent)}: {frame.shape[0]} rows, "
+                  f"{path.stat().st_size} bytes")
+        shutil.copyfile(out / "lme4_golden.json", HERE / "lme4_golden.json")
+        shutil.copyfile(out / "R_VERSIONS.txt", HERE / "R_VERSIONS.txt")
+    print(f"{len(golden)} cases -> {HERE / 'lme4_golden.json'}")
+    print((HERE / "R_VERSIONS.txt").read_text().strip())
     return 0
 
 
