@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 
 import nlopt
 import numpy as np
+from scipy.optimize import minimize as scipy_minimize
 from scipy.optimize import minimize_scalar
 
 Objective = Callable[[np.ndarray], float]
+ObjectiveGrad = Callable[[np.ndarray], tuple[float, np.ndarray]]
 Progress = Callable[[int, float], None]
 
 
@@ -50,6 +52,8 @@ class Control:
     tol_singular: float = 1e-4
     delta: float = 1e-4
     check_derivatives: bool = True
+    use_gradient: bool = True
+    gtol: float = 1e-8
 
 
 @dataclass(frozen=True)
@@ -78,15 +82,41 @@ def minimize(
     lower: np.ndarray,
     control: Control = Control(),
     progress: Progress | None = None,
+    fg: ObjectiveGrad | None = None,
 ) -> OptimResult:
-    """Minimise ``f`` from ``x0`` subject to ``x >= lower``."""
+    """Minimise ``f`` from ``x0`` subject to ``x >= lower``; with ``fg`` (value and
+    gradient) by L-BFGS-B, else by BOBYQA (Brent for one parameter)."""
     trace: list[float] = []
-    g = _counted(f, progress, trace)
-    if len(x0) == 1:
-        x, status = _brent(g, float(x0[0]), float(lower[0]), control)
+    if fg is not None and control.use_gradient:
+        x, status = _lbfgsb(_counted_fg(fg, progress, trace), x0, lower, control)
+    elif len(x0) == 1:
+        x, status = _brent(_counted(f, progress, trace), float(x0[0]), float(lower[0]), control)
     else:
-        x, status = _bobyqa(g, x0, lower, control)
+        x, status = _bobyqa(_counted(f, progress, trace), x0, lower, control)
     return OptimResult(x, float(f(x)), len(trace), status, trace)
+
+
+def _counted_fg(fg: ObjectiveGrad, progress: Progress | None, trace: list[float]) -> ObjectiveGrad:
+    def wrapped(x: np.ndarray) -> tuple[float, np.ndarray]:
+        value, grad = fg(np.asarray(x, dtype=np.float64))
+        trace.append(value)
+        if progress is not None:
+            progress(len(trace), value)
+        return value, grad
+
+    return wrapped
+
+
+def _lbfgsb(fg: ObjectiveGrad, x0: np.ndarray, lower: np.ndarray, control: Control):
+    bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
+    res = scipy_minimize(
+        fg, np.asarray(x0, float), jac=True, method="L-BFGS-B", bounds=bounds,
+        options={"ftol": 1e-15, "gtol": control.gtol, "maxiter": 10_000, "maxcor": 20},
+    )  # fmt: skip
+    status = "converged" if res.success else f"L-BFGS-B: {res.message}"
+    if "ABNORMAL" in str(res.message):
+        status = "converged (line search could not improve further)"
+    return np.asarray(res.x), status
 
 
 def _bobyqa(f: Objective, x0: np.ndarray, lower: np.ndarray, control: Control):
@@ -131,6 +161,21 @@ def _brent(f: Objective, x0: float, lower: float, control: Control):
     return np.array([res.x]), status
 
 
+def derivatives_from_gradient(
+    g: Callable[[np.ndarray], np.ndarray], x: np.ndarray, delta: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The gradient at ``x`` and the Hessian by forward differences of the gradient
+    (n + 1 gradients instead of lme4's 2n^2 + 1 objective values)."""
+    n = len(x)
+    g0 = g(x)
+    hess = np.zeros((n, n))
+    for i in range(n):
+        e = np.zeros(n)
+        e[i] = delta
+        hess[:, i] = (g(x + e) - g0) / delta
+    return g0, (hess + hess.T) / 2
+
+
 def derivatives(f: Objective, x: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     """Central finite-difference gradient and Hessian of ``f`` at ``x`` (lme4's deriv12)."""
     n = len(x)
@@ -155,7 +200,12 @@ def derivatives(f: Objective, x: np.ndarray, delta: float) -> tuple[np.ndarray, 
 
 
 def check_convergence(
-    f: Objective, x: np.ndarray, lower: np.ndarray, diag_mask: np.ndarray, control: Control
+    f: Objective,
+    x: np.ndarray,
+    lower: np.ndarray,
+    diag_mask: np.ndarray,
+    control: Control,
+    fg: ObjectiveGrad | None = None,
 ) -> tuple[list[Diagnostic], np.ndarray]:
     """lme4's checks at the optimum (singular fit, scaled gradient, Hessian), and the
     optimum after a Newton polish from the same derivatives."""
@@ -177,7 +227,15 @@ def check_convergence(
         xf[free] = z
         return f(xf.copy())
 
-    grad, hess = derivatives(sub, x[free], control.delta)
+    if fg is not None and control.use_gradient:
+
+        def sub_grad(z: np.ndarray) -> np.ndarray:
+            xf[free] = z
+            return fg(xf.copy())[1][free]
+
+        grad, hess = derivatives_from_gradient(sub_grad, x[free], control.delta)
+    else:
+        grad, hess = derivatives(sub, x[free], control.delta)
     out.extend(_gradient_check(grad, hess, control))
     out.extend(_hessian_check(hess, control))
     return out, _newton_polish(sub, x, lower, free, grad, hess)

@@ -156,10 +156,10 @@ class PLS:
             self._A_full = (A + A.T - sp.diags(A.diagonal())).tocsc()
         self._ZXY = np.column_stack([cp.ZtX, cp.ZtY])
         generic = np.where(tmap.diagonal_mask(), 1.0, 0.5)
-        self.factor = analyze(self._scaled(generic), mode="auto", ordering_method=ordering)
+        self.factor = analyze(self.scaled(generic), mode="auto", ordering_method=ordering)
         self.evaluations = 0
 
-    def _scaled(self, theta: np.ndarray) -> sp.csc_matrix:
+    def scaled(self, theta: np.ndarray) -> sp.csc_matrix:
         """The lower triangle of Lambda' Z'WZ Lambda (the ``+ I`` is CHOLMOD's beta)."""
         lam = self.tmap.Lambda(theta)
         if self.tmap.is_diagonal:
@@ -179,7 +179,7 @@ class PLS:
     def solve(self, theta: np.ndarray) -> PLSSolution:
         """Factor and solve the PLS system at ``theta``."""
         theta = np.asarray(theta, dtype=np.float64)
-        self.factor.cholesky_inplace(self._scaled(theta), beta=1.0)
+        self.factor.cholesky_inplace(self.scaled(theta), beta=1.0)
         self.evaluations += 1
         rhs = self.factor.apply_P(self._lambda_t(theta, self._ZXY))
         C = np.asarray(self.factor.solve_L(rhs, use_LDLt_decomposition=False))

@@ -1,0 +1,150 @@
+"""The gradient of the profiled objective with respect to theta, in closed form.
+
+With M = Lambda'A Lambda + I (A = Z'WZ), G = Lambda'Z'WX, F = M^-1 G,
+C = R_X'R_X = X'WX - G'F, u and beta the PLS solution, and parameter j sitting at
+entry (a, b) of T_k (so dLambda/dtheta_j = I_{l_k} (x) E_ab):
+
+    d log|M|   / dtheta_j = 2 [ (l_k I - SB_k) T_k^-1 ]_{b,a}
+    d pwrss    / dtheta_j = -2 sum_l rz[l, a] u[l, b],        rz = Z'Wy - Z'WX beta - A Lambda u
+    d log|C|   / dtheta_j = -2 sum_l Q[(l,a), :] C^-1 F[(l,b), :]',   Q = Z'WX - A Lambda F
+
+    objective' = d log|M| + [REML] d log|C| + nu / pwrss * d pwrss
+
+where SB_k = sum over the levels l of term k of the p_k x p_k diagonal blocks of M^-1.
+(The first line uses M^-1 Lambda'A Lambda = I - M^-1; it needs T_k invertible, and a
+scalar theta_j at exactly 0 has derivative 0 since the objective is even in it.)
+
+The block sums SB_k are the costly part.  The first term's block M11 of M is block
+diagonal (each row has one level of it), so with D = M11, B = M21 and the Schur
+complement S = M22 - B D^-1 B':
+
+    SB_1 = sum_l D_l^-1 + [ tr(S^-1 K_ab) ]_ab,   K_ab = (B D^-1)_a (B D^-1)_b'
+    SB_k = sum_l (S^-1)_ll                         (k >= 2)
+
+and S^-1 is the trailing block of M^-1; S is formed densely (n2 = q - q_1 rows) and
+inverted by LAPACK's Cholesky (potrf, potri).  Beyond
+``MAX_DENSE_SCHUR`` columns the gradient is not offered and the optimizer falls back
+to derivative-free BOBYQA.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.linalg import lapack
+
+from .pls import PLS, Criterion, PLSSolution, lower_colmajor
+
+MAX_DENSE_SCHUR = 6000
+
+
+def gradient_available(pls: PLS) -> bool:
+    layout = pls.tmap.layout
+    return layout.q - layout.p[0] * layout.nlevels[0] <= MAX_DENSE_SCHUR
+
+
+def gradient(pls: PLS, crit: Criterion, sol: PLSSolution) -> np.ndarray:
+    """d objective / d theta at ``sol`` (the factor must hold ``sol.theta``)."""
+    tmap, cp = pls.tmap, pls.cp
+    u, b = pls.modes(sol)
+    F = _F(pls, sol)
+    Q = cp.ZtX - _A_times(pls, np.asarray(tmap.Lambda(sol.theta) @ F))
+    rz = cp.ZtY - cp.ZtX @ sol.beta - _A_times(pls, b)
+    Cinv = np.linalg.inv(sol.RX.T @ sol.RX) if crit.p else np.zeros((0, 0))
+    CF = F @ Cinv
+    sums = block_sums(pls, sol.theta)
+    out = np.zeros(len(sol.theta))
+    j = 0
+    layout = tmap.layout
+    for k, T in enumerate(tmap.blocks(sol.theta)):
+        p, nl, off = layout.p[k], layout.nlevels[k], layout.offsets[k]
+        idx = off + np.arange(nl)[:, None] * p + np.arange(p)[None, :]  # (levels, p)
+        dlogM = _dlogdet_M(T, sums[k], nl)
+        for a, c in zip(*lower_colmajor(p)):
+            dpwrss = -2.0 * float(rz[idx[:, a]] @ u[idx[:, c]])
+            value = dlogM[a, c] + crit.nu / sol.pwrss * dpwrss
+            if crit.reml:
+                value += -2.0 * float(np.sum(Q[idx[:, a]] * CF[idx[:, c]]))
+            out[j] = value
+            j += 1
+    return out
+
+
+def _dlogdet_M(T: np.ndarray, SB: np.ndarray, nl: int) -> np.ndarray:
+    """Matrix whose [a, b] entry is d log|M| / d T[a, b]."""
+    p = T.shape[0]
+    diag = np.diag(T)
+    if np.any(diag == 0.0):
+        if p == 1:
+            return np.zeros((1, 1))
+        T = T + np.diag(np.where(diag == 0.0, 1e-10, 0.0))
+    return 2.0 * ((nl * np.eye(p) - SB) @ np.linalg.inv(T)).T
+
+
+def _A_times(pls: PLS, x: np.ndarray) -> np.ndarray:
+    """(Z'WZ) x with Z'WZ stored as its lower triangle."""
+    A = pls.cp.ZtZ
+    return np.asarray(A @ x + A.T @ x - A.diagonal().reshape(-1, *([1] * (x.ndim - 1))) * x)
+
+
+def _F(pls: PLS, sol: PLSSolution) -> np.ndarray:
+    """F = M^-1 Lambda'Z'WX = P' L^-T R_ZX."""
+    f = pls.factor
+    return np.asarray(f.apply_Pt(f.solve_Lt(sol.RZX, use_LDLt_decomposition=False)))
+
+
+def block_sums(pls: PLS, theta: np.ndarray) -> list[np.ndarray]:
+    """SB_k for every term k (see the module docstring)."""
+    layout = pls.tmap.layout
+    p1, n1 = layout.p[0], layout.p[0] * layout.nlevels[0]
+    M = pls.scaled(theta)
+    Dinv = _first_block_inverses(M, p1, n1)
+    sums = [Dinv.sum(axis=0)]
+    if n1 == layout.q:
+        return sums
+    B = sp.csr_matrix(M[n1:, :n1])
+    BD = B @ _block_diagonal(Dinv)
+    Sinv = _schur_inverse(M, BD, B, n1)
+    for a in range(p1):
+        for c in range(a, p1):
+            K = (BD[:, a::p1] @ BD[:, c::p1].T).tocoo()
+            sums[0][a, c] += float(np.sum(Sinv[K.row, K.col] * K.data))
+            sums[0][c, a] = sums[0][a, c]
+    for k in range(1, len(layout.p)):
+        p, nl, off = layout.p[k], layout.nlevels[k], layout.offsets[k] - n1
+        idx = off + np.arange(nl)[:, None] * p + np.arange(p)[None, :]
+        sums.append(Sinv[idx[:, :, None], idx[:, None, :]].sum(axis=0))
+    return sums
+
+
+def _block_diagonal(blocks: np.ndarray) -> sp.csc_matrix:
+    """Sparse block-diagonal matrix from a (levels, p, p) array."""
+    nl, p, _ = blocks.shape
+    base = np.arange(nl)[:, None, None] * p
+    rows = np.broadcast_to(base + np.arange(p)[None, :, None], blocks.shape).ravel()
+    cols = np.broadcast_to(base + np.arange(p)[None, None, :], blocks.shape).ravel()
+    return sp.csc_matrix((blocks.ravel(), (rows, cols)), shape=(nl * p, nl * p))
+
+
+def _first_block_inverses(M: sp.csc_matrix, p1: int, n1: int) -> np.ndarray:
+    """Inverses of the p1 x p1 diagonal blocks of M11 + I, shape (levels, p1, p1)."""
+    M11 = sp.coo_matrix(M[:n1, :n1])
+    blocks = np.zeros((n1 // p1, p1, p1))
+    rows, cols = M11.row, M11.col
+    np.add.at(blocks, (rows // p1, rows % p1, cols % p1), M11.data)
+    off = rows != cols
+    np.add.at(blocks, (rows[off] // p1, cols[off] % p1, rows[off] % p1), M11.data[off])
+    blocks += np.eye(p1)[None, :, :]
+    return np.linalg.inv(blocks)
+
+
+def _schur_inverse(M: sp.csc_matrix, BD: sp.csr_matrix, B: sp.csr_matrix, n1: int) -> np.ndarray:
+    """S^-1, S = M22 + I - B D^-1 B' formed densely and inverted by LAPACK (potrf, potri)."""
+    lower = M[n1:, n1:].toarray()
+    S = lower + np.tril(lower, -1).T + np.eye(lower.shape[0]) - (BD @ B.T).toarray()
+    c, info = lapack.dpotrf(S, lower=1)
+    if info == 0:
+        c, info = lapack.dpotri(c, lower=1)
+    if info != 0:
+        raise np.linalg.LinAlgError("Schur complement is not positive definite")
+    return np.tril(c) + np.tril(c, -1).T
