@@ -71,7 +71,10 @@ class LinearMixedModel:
         if opt.status.startswith("maximum"):
             checks.append(Diagnostic("optimizer", "warning", opt.status))
         sol = self.solve(theta)
-        result = build_result(self, sol, checks, opt.evaluations)
+        optimizer = "L-BFGS-B (closed-form gradient)" if fg and control.use_gradient else "BOBYQA"
+        if fg is None and len(sol.theta) == 1:
+            optimizer = "Brent"
+        result = build_result(self, sol, checks, opt.evaluations, optimizer)
         return LMMFit(self, sol, result, time.perf_counter() - started)
 
 

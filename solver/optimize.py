@@ -53,7 +53,7 @@ class Control:
     delta: float = 1e-4
     check_derivatives: bool = True
     use_gradient: bool = True
-    gtol: float = 1e-8
+    gtol: float = 1e-3  # then a Newton step from the check's derivatives
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,19 @@ class VarianceComponent:
 
 
 @dataclass(frozen=True)
+class FitDiagnostics:
+    """How the fit went: lme4's checks, the optimizer's work and the factor's size."""
+
+    checks: list[Diagnostic]
+    optimizer: str
+    evaluations: int
+    q: int
+    nnz_ZtZ: int
+    nnz_L: int
+    ordering: str
+
+
+@dataclass(frozen=True)
 class FitResult:
     formula: str
     family: str
@@ -66,28 +79,20 @@ class FitResult:
     converged: bool
     singular: bool
     messages: list[str]
-    diagnostics: list[Diagnostic]
-    evaluations: int
-    nnz_L: int
-    ordering: str
+    diagnostics: FitDiagnostics
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON contract of DESIGN.md §5 (plus ``diagnostics``)."""
-        out = asdict(self)
-        out["diagnostics"] = {
-            "checks": out["diagnostics"],
-            "evaluations": self.evaluations,
-            "nnz_L": self.nnz_L,
-            "ordering": self.ordering,
-        }
-        for key in ("evaluations", "nnz_L", "ordering"):
-            out.pop(key)
-        return out
+        return asdict(self)
 
 
 def build_result(
-    model: LinearMixedModel, sol: PLSSolution, checks: list[Diagnostic], evaluations: int
+    model: LinearMixedModel,
+    sol: PLSSolution,
+    checks: list[Diagnostic],
+    evaluations: int,
+    optimizer: str,
 ) -> FitResult:
     data, crit = model.data, model.criterion
     sigma = math.sqrt(crit.sigma2(sol))
@@ -117,10 +122,15 @@ def build_result(
         singular=singular,
         messages=list(data.messages)
         + [d.message for d in checks if d.severity != "info" or d.code == "singular"],  # fmt: skip
-        diagnostics=checks,
-        evaluations=evaluations,
-        nnz_L=model.pls.nnz_L(),
-        ordering=model.pls.ordering,
+        diagnostics=FitDiagnostics(
+            checks=checks,
+            optimizer=optimizer,
+            evaluations=evaluations,
+            q=model.data.layout.q,
+            nnz_ZtZ=2 * model.data.cp.ZtZ.nnz - model.data.layout.q,
+            nnz_L=model.pls.nnz_L(),
+            ordering=model.pls.ordering,
+        ),
     )
 
 
