@@ -2,16 +2,15 @@
 
     Var(b | y) = sigma^2 Lambda (Lambda' Z'WZ Lambda + I)^-1 Lambda'       (lme4's condVar)
 
-With M = Lambda'Z'WZ Lambda + I = P' L L' P, the diagonal block of M^-1 for the
-p_k columns E of one level is  B = (L^-1 P E)' (L^-1 P E):  sparse solves with a
-sparse right-hand side, a chunk of levels at a time, so only L's column paths are
-touched.  Then  Var(b_level | y) / sigma^2 = T_k B T_k'; its diagonal is returned.
+The diagonal p_k x p_k blocks B of M^-1 = (Lambda'Z'WZ Lambda + I)^-1 come from the
+factor, a chunk of levels at a time (``level_blocks``: sparse solves with CHOLMOD,
+or D_l^-1 + (B D^-1)_l' S^-1 (B D^-1)_l with the Schur factor).  Then
+Var(b_level | y) / sigma^2 = T_k B T_k'; its diagonal is returned.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
 from .pls import PLS, PLSSolution, ThetaMap
 
@@ -26,25 +25,8 @@ def conditional_variances(pls: PLS, tmap: ThetaMap, sol: PLSSolution) -> np.ndar
         step = max(1, CHUNK_COLUMNS // p)
         for l0 in range(0, nl, step):
             levels = np.arange(l0, min(nl, l0 + step))
-            B = _level_blocks(pls, off, p, levels)
+            B = pls.factor.level_blocks(off, p, levels)
             TB = np.einsum("ja,lab->ljb", T, B)
             diag = np.einsum("ljb,jb->lj", TB, T)
             out[off + l0 * p : off + (l0 + len(levels)) * p] = diag.ravel()
     return out
-
-
-def _level_blocks(pls: PLS, off: int, p: int, levels: np.ndarray) -> np.ndarray:
-    """B[l] = diagonal p x p block of M^-1 for each level l (shape: levels x p x p)."""
-    q = pls.cp.ZtZ.shape[0]
-    cols = off + (levels[:, None] * p + np.arange(p)[None, :]).ravel()
-    m = len(cols)
-    E = sp.csc_matrix((np.ones(m), (cols, np.arange(m))), shape=(q, m))
-    X = pls.factor.solve_L(pls.factor.apply_P(E), use_LDLt_decomposition=False)
-    X = sp.csc_matrix(X)
-    B = np.empty((len(levels), p, p))
-    for a in range(p):
-        for c in range(a, p):
-            prod = X[:, a::p].multiply(X[:, c::p])
-            vals = np.asarray(prod.sum(axis=0)).ravel()
-            B[:, a, c] = B[:, c, a] = vals
-    return B

@@ -21,26 +21,21 @@ complement S = M22 - B D^-1 B':
     SB_1 = sum_l D_l^-1 + [ tr(S^-1 K_ab) ]_ab,   K_ab = (B D^-1)_a (B D^-1)_b'
     SB_k = sum_l (S^-1)_ll                         (k >= 2)
 
-and S^-1 is the trailing block of M^-1; S is formed densely (n2 = q - q_1 rows) and
-inverted by LAPACK's Cholesky (potrf, potri).  Beyond
-``MAX_DENSE_SCHUR`` columns the gradient is not offered and the optimizer falls back
-to derivative-free BOBYQA.
+and S^-1 is the trailing block of M^-1, from the ``SchurFactor``'s dense Cholesky of S
+(LAPACK potri).  With a CHOLMOD factor (large or sparse S) the gradient is not
+offered and the optimizer falls back to derivative-free BOBYQA.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.linalg import lapack
 
+from .factor import SchurFactor
 from .pls import PLS, Criterion, PLSSolution, lower_colmajor
-
-MAX_DENSE_SCHUR = 6000
 
 
 def gradient_available(pls: PLS) -> bool:
-    layout = pls.tmap.layout
-    return layout.q - layout.p[0] * layout.nlevels[0] <= MAX_DENSE_SCHUR
+    return isinstance(pls.factor, SchurFactor)
 
 
 def gradient(pls: PLS, crit: Criterion, sol: PLSSolution) -> np.ndarray:
@@ -89,62 +84,26 @@ def _A_times(pls: PLS, x: np.ndarray) -> np.ndarray:
 
 def _F(pls: PLS, sol: PLSSolution) -> np.ndarray:
     """F = M^-1 Lambda'Z'WX = P' L^-T R_ZX."""
-    f = pls.factor
-    return np.asarray(f.apply_Pt(f.solve_Lt(sol.RZX, use_LDLt_decomposition=False)))
+    return pls.factor.half_solve_t(sol.RZX)
 
 
 def block_sums(pls: PLS, theta: np.ndarray) -> list[np.ndarray]:
-    """SB_k for every term k (see the module docstring)."""
+    """SB_k for every term k (see the module docstring); the factor holds ``theta``."""
+    f = pls.factor
+    assert isinstance(f, SchurFactor)
     layout = pls.tmap.layout
-    p1, n1 = layout.p[0], layout.p[0] * layout.nlevels[0]
-    M = pls.scaled(theta)
-    Dinv = _first_block_inverses(M, p1, n1)
-    sums = [Dinv.sum(axis=0)]
-    if n1 == layout.q:
+    p1 = layout.p[0]
+    sums = [f.Dinv.sum(axis=0)]
+    if f.n1 == layout.q:
         return sums
-    B = sp.csr_matrix(M[n1:, :n1])
-    BD = B @ _block_diagonal(Dinv)
-    Sinv = _schur_inverse(M, BD, B, n1)
+    Sinv = f.schur_inverse()
     for a in range(p1):
         for c in range(a, p1):
-            K = (BD[:, a::p1] @ BD[:, c::p1].T).tocoo()
+            K = (f.BD[:, a::p1] @ f.BD[:, c::p1].T).tocoo()
             sums[0][a, c] += float(np.sum(Sinv[K.row, K.col] * K.data))
             sums[0][c, a] = sums[0][a, c]
     for k in range(1, len(layout.p)):
-        p, nl, off = layout.p[k], layout.nlevels[k], layout.offsets[k] - n1
+        p, nl, off = layout.p[k], layout.nlevels[k], layout.offsets[k] - f.n1
         idx = off + np.arange(nl)[:, None] * p + np.arange(p)[None, :]
         sums.append(Sinv[idx[:, :, None], idx[:, None, :]].sum(axis=0))
     return sums
-
-
-def _block_diagonal(blocks: np.ndarray) -> sp.csc_matrix:
-    """Sparse block-diagonal matrix from a (levels, p, p) array."""
-    nl, p, _ = blocks.shape
-    base = np.arange(nl)[:, None, None] * p
-    rows = np.broadcast_to(base + np.arange(p)[None, :, None], blocks.shape).ravel()
-    cols = np.broadcast_to(base + np.arange(p)[None, None, :], blocks.shape).ravel()
-    return sp.csc_matrix((blocks.ravel(), (rows, cols)), shape=(nl * p, nl * p))
-
-
-def _first_block_inverses(M: sp.csc_matrix, p1: int, n1: int) -> np.ndarray:
-    """Inverses of the p1 x p1 diagonal blocks of M11 + I, shape (levels, p1, p1)."""
-    M11 = sp.coo_matrix(M[:n1, :n1])
-    blocks = np.zeros((n1 // p1, p1, p1))
-    rows, cols = M11.row, M11.col
-    np.add.at(blocks, (rows // p1, rows % p1, cols % p1), M11.data)
-    off = rows != cols
-    np.add.at(blocks, (rows[off] // p1, cols[off] % p1, rows[off] % p1), M11.data[off])
-    blocks += np.eye(p1)[None, :, :]
-    return np.linalg.inv(blocks)
-
-
-def _schur_inverse(M: sp.csc_matrix, BD: sp.csr_matrix, B: sp.csr_matrix, n1: int) -> np.ndarray:
-    """S^-1, S = M22 + I - B D^-1 B' formed densely and inverted by LAPACK (potrf, potri)."""
-    lower = M[n1:, n1:].toarray()
-    S = lower + np.tril(lower, -1).T + np.eye(lower.shape[0]) - (BD @ B.T).toarray()
-    c, info = lapack.dpotrf(S, lower=1)
-    if info == 0:
-        c, info = lapack.dpotri(c, lower=1)
-    if info != 0:
-        raise np.linalg.LinAlgError("Schur complement is not positive definite")
-    return np.tril(c) + np.tril(c, -1).T

@@ -32,7 +32,7 @@ IterationProgress = Callable[[int, float], None]
 class LinearMixedModel:
     """The objective of one model (ML or REML) over theta."""
 
-    def __init__(self, data: ModelData, reml: bool = True, ordering: str = "metis") -> None:
+    def __init__(self, data: ModelData, reml: bool = True, ordering: str = "auto") -> None:
         self.data = data
         self.reml = reml
         self.tmap = ThetaMap.build(data.layout)
@@ -122,7 +122,7 @@ def fit(
     reml: bool = True,
     control: Control = Control(),
     progress: IterationProgress | None = None,
-    ordering: str = "metis",
+    ordering: str = "auto",
 ) -> LMMFit:
     """Fit the model by REML (default) or ML."""
     return LinearMixedModel(data, reml, ordering).fit(control, progress)

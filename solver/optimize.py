@@ -111,7 +111,7 @@ def _lbfgsb(fg: ObjectiveGrad, x0: np.ndarray, lower: np.ndarray, control: Contr
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
     res = scipy_minimize(
         fg, np.asarray(x0, float), jac=True, method="L-BFGS-B", bounds=bounds,
-        options={"ftol": 1e-15, "gtol": control.gtol, "maxiter": 10_000, "maxcor": 20},
+        options={"ftol": 1e-12, "gtol": control.gtol, "maxiter": 10_000, "maxcor": 20},
     )  # fmt: skip
     status = "converged" if res.success else f"L-BFGS-B: {res.message}"
     if "ABNORMAL" in str(res.message):

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg as la
 import scipy.sparse as sp
-from sksparse.cholmod import analyze
 
 from .crossprod import CrossProducts, TermLayout
+from .factor import MAX_DENSE_SCHUR, CholmodFactor, SchurFactor
 
 
 def lower_colmajor(p: int) -> tuple[np.ndarray, np.ndarray]:
@@ -142,12 +142,11 @@ class Criterion:
 
 
 class PLS:
-    """The PLS system of one model: symbolic analysis once, a numeric refactor per theta."""
+    """The PLS system of one model: the factor's structure fixed once, values per theta."""
 
-    def __init__(self, cp: CrossProducts, tmap: ThetaMap, ordering: str = "metis") -> None:
+    def __init__(self, cp: CrossProducts, tmap: ThetaMap, ordering: str = "auto") -> None:
         self.cp = cp
         self.tmap = tmap
-        self.ordering = ordering
         A = cp.ZtZ
         self._A = A
         if tmap.is_diagonal:
@@ -156,8 +155,12 @@ class PLS:
             self._A_full = (A + A.T - sp.diags(A.diagonal())).tocsc()
         self._ZXY = np.column_stack([cp.ZtX, cp.ZtY])
         generic = np.where(tmap.diagonal_mask(), 1.0, 0.5)
-        self.factor = analyze(self.scaled(generic), mode="auto", ordering_method=ordering)
+        self.factor = choose_factor(self.scaled(generic), tmap.layout, ordering)
         self.evaluations = 0
+
+    @property
+    def ordering(self) -> str:
+        return self.factor.ordering
 
     def scaled(self, theta: np.ndarray) -> sp.csc_matrix:
         """The lower triangle of Lambda' Z'WZ Lambda (the ``+ I`` is CHOLMOD's beta)."""
@@ -179,10 +182,9 @@ class PLS:
     def solve(self, theta: np.ndarray) -> PLSSolution:
         """Factor and solve the PLS system at ``theta``."""
         theta = np.asarray(theta, dtype=np.float64)
-        self.factor.cholesky_inplace(self.scaled(theta), beta=1.0)
+        self.factor.update(self.scaled(theta))
         self.evaluations += 1
-        rhs = self.factor.apply_P(self._lambda_t(theta, self._ZXY))
-        C = np.asarray(self.factor.solve_L(rhs, use_LDLt_decomposition=False))
+        C = self.factor.half_solve(self._lambda_t(theta, self._ZXY))
         p = self.cp.XtX.shape[0]
         RZX, cu = C[:, :p], C[:, p]
         RX = la.cholesky(self.cp.XtX - RZX.T @ RZX, lower=False) if p else np.zeros((0, 0))
@@ -205,9 +207,31 @@ class PLS:
 
         The factor must hold ``sol.theta`` (the last ``solve``)."""
         v = sol.cu - sol.RZX @ sol.beta
-        u = np.asarray(self.factor.apply_Pt(self.factor.solve_Lt(v, use_LDLt_decomposition=False)))
+        u = self.factor.half_solve_t(v)
         return u, np.asarray(self.tmap.Lambda(sol.theta) @ u)
 
     def nnz_L(self) -> int:
         """Non-zeros of the current factor L."""
-        return int(self.factor.L().nnz)
+        return self.factor.nnz_L()
+
+
+def choose_factor(M0: sp.csc_matrix, layout: TermLayout, ordering: str):
+    """SchurFactor when the complement of the first term is small enough to be dense and
+    dense enough to fill in anyway (or ``ordering="schur"``); CHOLMOD otherwise."""
+    n1 = layout.p[0] * layout.nlevels[0]
+    n2 = layout.q - n1
+    if ordering not in ("auto", "schur"):
+        return CholmodFactor(M0, ordering)
+    if n2 <= MAX_DENSE_SCHUR and (ordering == "schur" or _schur_density(M0, n1) >= 0.05):
+        return SchurFactor(layout.p[0], n1, layout.q)
+    return CholmodFactor(M0, "metis")
+
+
+def _schur_density(M0: sp.csc_matrix, n1: int) -> float:
+    """Share of non-zeros in the pattern of M22 + B B' (before any further fill)."""
+    n2 = M0.shape[0] - n1
+    if n2 <= 1000:
+        return 1.0
+    B = (M0[n1:, :n1] != 0).astype(np.float64)
+    pattern = (B @ B.T) + (M0[n1:, n1:] != 0) + (M0[n1:, n1:] != 0).T
+    return pattern.nnz / float(n2) ** 2

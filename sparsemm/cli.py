@@ -44,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
         "--fitted", default=None, help="write fitted values and residuals to PATH.parquet"
     )
     f.add_argument(
-        "--ordering", default="metis", choices=["metis", "amd", "nesdis", "best", "natural"]
+        "--ordering",
+        default="auto",
+        choices=["auto", "schur", "metis", "amd", "nesdis", "best", "natural"],
     )
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -75,7 +77,8 @@ def _fit(args: argparse.Namespace) -> int:
     with _Progress(show) as prog:
         data = solver.prepare(args.formula, args.data, weights=args.weights, progress=prog.rows)
         read_s = time.perf_counter() - started
-        fitted = solver.LinearMixedModel(data, reml=not args.ml).fit(progress=prog.iteration)
+        model = solver.LinearMixedModel(data, reml=not args.ml, ordering=args.ordering)
+        fitted = model.fit(progress=prog.iteration)
     result = fitted.result
     timings = {"read_s": read_s, "fit_s": time.perf_counter() - started - read_s}
     scaled = _write_outputs(fitted, args)

@@ -1,0 +1,173 @@
+"""Cholesky factors of M = Lambda'Z'WZ Lambda + I: two strategies behind one interface.
+
+Both give  L L' = P M P'  and the operations PLS needs:
+
+    logdet()            log|M| = log|L|^2
+    half_solve(R)       L^-1 P R         (so |half_solve(r)|^2 = r' M^-1 r)
+    half_solve_t(V)     P' L^-T V
+    level_blocks(...)   diagonal p x p blocks of M^-1 for some levels of a term
+
+``CholmodFactor``: CHOLMOD, symbolic analysis once (fill-reducing ordering), numeric
+refactorization per theta.  General; used when the trailing block is large or sparse.
+
+``SchurFactor``: the first term's block M11 = D is block diagonal (each row has one
+level of that term), so with B = M21 and the Schur complement S = M22 - B D^-1 B',
+
+    L = [ L_D          0   ]      L_D = chol(D) per level,   L_S = chol(S) (dense LAPACK)
+        [ B L_D^-T    L_S  ]      log|M| = sum_l log|D_l| + log|S|
+
+and S^-1 (LAPACK potri), the trailing block of M^-1, is what the closed-form
+gradient needs.  Used when S (n2 = q - q_1 columns) is small enough to be dense.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg as la
+import scipy.sparse as sp
+from scipy.linalg import lapack
+from sksparse.cholmod import analyze
+
+MAX_DENSE_SCHUR = 6000
+
+
+class CholmodFactor:
+    """CHOLMOD supernodal/simplicial factor, analysed once per model."""
+
+    def __init__(self, pattern: sp.csc_matrix, ordering: str) -> None:
+        self.ordering = ordering
+        self._f = analyze(pattern, mode="auto", ordering_method=ordering)
+
+    def update(self, M: sp.csc_matrix) -> None:
+        """Numeric refactorization of M + I (M: lower triangle of Lambda'Z'WZ Lambda)."""
+        self._f.cholesky_inplace(M, beta=1.0)
+
+    def logdet(self) -> float:
+        return float(self._f.logdet())
+
+    def half_solve(self, R: np.ndarray) -> np.ndarray:
+        return np.asarray(self._f.solve_L(self._f.apply_P(R), use_LDLt_decomposition=False))
+
+    def half_solve_t(self, V: np.ndarray) -> np.ndarray:
+        return np.asarray(self._f.apply_Pt(self._f.solve_Lt(V, use_LDLt_decomposition=False)))
+
+    def nnz_L(self) -> int:
+        return int(self._f.L().nnz)
+
+    def level_blocks(self, off: int, p: int, levels: np.ndarray) -> np.ndarray:
+        """Diagonal blocks of M^-1 (levels x p x p) by sparse solves L^-1 P E."""
+        q = self._f.P().shape[0]
+        cols = off + (levels[:, None] * p + np.arange(p)[None, :]).ravel()
+        m = len(cols)
+        E = sp.csc_matrix((np.ones(m), (cols, np.arange(m))), shape=(q, m))
+        X = sp.csc_matrix(self._f.solve_L(self._f.apply_P(E), use_LDLt_decomposition=False))
+        out = np.empty((len(levels), p, p))
+        for a in range(p):
+            for c in range(a, p):
+                vals = np.asarray(X[:, a::p].multiply(X[:, c::p]).sum(axis=0)).ravel()
+                out[:, a, c] = out[:, c, a] = vals
+        return out
+
+
+class SchurFactor:
+    """Block elimination of the first term, dense Cholesky of the Schur complement."""
+
+    ordering = "first term, then dense Schur complement"
+
+    def __init__(self, p1: int, n1: int, q: int) -> None:
+        self.p1, self.n1, self.q = p1, n1, q
+        self._Sinv: np.ndarray | None = None
+
+    def update(self, M: sp.csc_matrix) -> None:
+        n1, p1 = self.n1, self.p1
+        D = _blocks_of(M[:n1, :n1], p1) + np.eye(p1)[None, :, :]
+        self.LD = np.linalg.cholesky(D)
+        self.Dinv = np.linalg.inv(D)
+        self.B = sp.csr_matrix(M[n1:, :n1])
+        self.BD = (self.B @ block_diagonal(self.Dinv)).tocsr()
+        lower = M[n1:, n1:].toarray()
+        S = lower + np.tril(lower, -1).T + np.eye(self.q - n1) - (self.BD @ self.B.T).toarray()
+        LS, info = lapack.dpotrf(S, lower=1, clean=1)
+        if info != 0:
+            raise np.linalg.LinAlgError("Schur complement is not positive definite")
+        self.LS = LS
+        self._Sinv = None
+
+    def logdet(self) -> float:
+        ld = 2.0 * np.sum(np.log(np.diagonal(self.LD, axis1=1, axis2=2)))
+        return float(ld + 2.0 * np.sum(np.log(np.diag(self.LS))))
+
+    def _split(self, R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        R2d = R.reshape(self.q, -1)
+        return R2d[: self.n1], R2d[self.n1 :]
+
+    def half_solve(self, R: np.ndarray) -> np.ndarray:
+        R1, R2 = self._split(R)
+        y1 = _block_solve(self.LD, R1, self.p1)
+        y2 = la.solve_triangular(self.LS, R2 - self.BD @ R1, lower=True)
+        return np.vstack([y1, y2]).reshape(R.shape)
+
+    def half_solve_t(self, V: np.ndarray) -> np.ndarray:
+        V1, V2 = self._split(V)
+        w2 = la.solve_triangular(self.LS, V2, lower=True, trans="T")
+        w1 = _block_solve(np.transpose(self.LD, (0, 2, 1)), V1, self.p1) - self.BD.T @ w2
+        return np.vstack([w1, w2]).reshape(V.shape)
+
+    def nnz_L(self) -> int:
+        n2 = self.q - self.n1
+        return int(self.n1 * (self.p1 + 1) // 2 + self.B.nnz + n2 * (n2 + 1) // 2)
+
+    def schur_inverse(self) -> np.ndarray:
+        """S^-1 (dense), computed once per update."""
+        if self._Sinv is None:
+            c, info = lapack.dpotri(self.LS, lower=1)
+            if info != 0:
+                raise np.linalg.LinAlgError("Schur complement is singular")
+            self._Sinv = np.tril(c) + np.tril(c, -1).T
+        return self._Sinv
+
+    def level_blocks(self, off: int, p: int, levels: np.ndarray) -> np.ndarray:
+        """Diagonal blocks of M^-1: D_l^-1 + (B D^-1)_l' S^-1 (B D^-1)_l, or blocks of S^-1."""
+        if self.q == self.n1 and off == 0:
+            return self.Dinv[levels]
+        Sinv = self.schur_inverse()
+        if off >= self.n1:
+            idx = off - self.n1 + levels[:, None] * p + np.arange(p)[None, :]
+            return Sinv[idx[:, :, None], idx[:, None, :]]
+        cols = (levels[:, None] * p + np.arange(p)[None, :]).ravel()
+        BDc = self.BD[:, cols].tocsc()
+        SBD = np.asarray(BDc.T @ Sinv).T  # n2 x m
+        out = self.Dinv[levels].copy()
+        for a in range(p):
+            for c in range(p):
+                out[:, a, c] += np.asarray(BDc[:, a::p].multiply(SBD[:, c::p]).sum(axis=0)).ravel()
+        return out
+
+
+def _blocks_of(M11: sp.csc_matrix, p: int) -> np.ndarray:
+    """The p x p diagonal blocks of a block-diagonal matrix stored as its lower triangle."""
+    coo = sp.coo_matrix(M11)
+    blocks = np.zeros((M11.shape[0] // p, p, p))
+    r, c = coo.row, coo.col
+    np.add.at(blocks, (r // p, r % p, c % p), coo.data)
+    off = r != c
+    np.add.at(blocks, (r[off] // p, c[off] % p, r[off] % p), coo.data[off])
+    return blocks
+
+
+def _block_solve(T: np.ndarray, R: np.ndarray, p: int) -> np.ndarray:
+    """Solve with each p x p block of T (levels x p x p) against R's rows, level by level."""
+    m = R.shape[1]
+    if p == 1:
+        return R / T[:, 0, :]
+    Rb = R.reshape(T.shape[0], p, m)
+    return np.linalg.solve(T, Rb).reshape(-1, m)
+
+
+def block_diagonal(blocks: np.ndarray) -> sp.csc_matrix:
+    """Sparse block-diagonal matrix from a (levels, p, p) array."""
+    nl, p, _ = blocks.shape
+    base = np.arange(nl)[:, None, None] * p
+    rows = np.broadcast_to(base + np.arange(p)[None, :, None], blocks.shape).ravel()
+    cols = np.broadcast_to(base + np.arange(p)[None, None, :], blocks.shape).ravel()
+    return sp.csc_matrix((blocks.ravel(), (rows, cols)), shape=(nl * p, nl * p))
