@@ -162,7 +162,9 @@ def _check_finite(mat: np.ndarray, names: tuple[str, ...]) -> None:
 def build_spec(formula_text: str, frame: pd.DataFrame, where: str):
     """A reusable formulaic spec for ``formula_text``, built on one batch."""
     try:
-        mm = model_matrix(formula_text, frame, context=FUNCTIONS, output="numpy")
+        mm = model_matrix(
+            formula_text, frame, context=FUNCTIONS, output="numpy", na_action="ignore"
+        )
     except (FormulaicError, ValueError, TypeError, KeyError, SyntaxError) as exc:
         raise FormulaError(f"cannot read {where} '{formula_text}': {_clean(exc)}", where) from None
     return mm.model_spec

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.linalg as la
 import scipy.sparse as sp
 from scipy.linalg import lapack
-from sksparse.cholmod import analyze
+from sksparse.cholmod import CholmodNotPositiveDefiniteError, analyze
 
 MAX_DENSE_SCHUR = 6000
 
@@ -40,7 +40,10 @@ class CholmodFactor:
 
     def update(self, M: sp.csc_matrix) -> None:
         """Numeric refactorization of M + I (M: lower triangle of Lambda'Z'WZ Lambda)."""
-        self._f.cholesky_inplace(M, beta=1.0)
+        try:
+            self._f.cholesky_inplace(M, beta=1.0)
+        except CholmodNotPositiveDefiniteError as exc:
+            raise np.linalg.LinAlgError(str(exc)) from None
 
     def logdet(self) -> float:
         return float(self._f.logdet())
@@ -158,8 +161,8 @@ def _blocks_of(M11: sp.csc_matrix, p: int) -> np.ndarray:
 def _block_solve(T: np.ndarray, R: np.ndarray, p: int) -> np.ndarray:
     """Solve with each p x p block of T (levels x p x p) against R's rows, level by level."""
     m = R.shape[1]
-    if p == 1:
-        return R / T[:, 0, :]
+    if p == 1 or m == 0:
+        return R / T[:, 0, :] if m else R.copy()
     Rb = R.reshape(T.shape[0], p, m)
     return np.linalg.solve(T, Rb).reshape(-1, m)
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from formulaic import Formula
+
 from .errors import FormulaError
 
 _NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
@@ -71,26 +73,57 @@ def parse_formula(text: str) -> ModelFormula:
     if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
         raise FormulaError(f"formula '{text}' must have the form 'response ~ terms'", "formula")
     response, rhs = parts[0].strip(), parts[1]
-    terms = [t.strip() for t in _split_top(rhs, "+")]
+    _reject_stateful(text)
     fixed: list[str] = []
     offsets: list[str] = []
     random: list[RandomTerm] = []
-    for term in terms:
-        if not term:
-            raise FormulaError(f"empty term in '{rhs.strip()}' (a stray '+'?)", "formula")
+    for sign, term in _signed_terms(rhs):
         inner = _bar_content(term)
-        if inner is not None:
+        if inner is not None and sign == "+":
             random.extend(_expand_bar(inner, term))
-        elif term.startswith("offset(") and term.endswith(")"):
+        elif term.startswith("offset(") and term.endswith(")") and sign == "+":
             offsets.append(term[len("offset(") : -1].strip())
         else:
-            fixed.append(term)
+            fixed.append(f"{sign} {term}" if fixed or sign == "-" else term)
     if not random:
         raise FormulaError(
             "no random-effects terms: add at least one '(expr | group)' term", "formula"
         )
-    fixed_text = " + ".join(fixed) if fixed else "1"
+    fixed_text = " ".join(fixed) if fixed else "1"
+    if fixed_text.startswith("-"):
+        fixed_text = "1 " + fixed_text
     return ModelFormula(text, response, fixed_text, tuple(offsets), tuple(random))
+
+
+_STATEFUL = re.compile(r"\b(scale|center|standardize|poly|bs|ns|cs|cr|cc|te|hashed|lag|C)\s*\(")
+
+
+def _reject_stateful(text: str) -> None:
+    """Transforms that need statistics of a whole column cannot run batch by batch."""
+    m = _STATEFUL.search(text)
+    if m:
+        raise FormulaError(
+            f"'{m.group(1)}()' needs statistics of the whole column, but formulas are "
+            "evaluated batch by batch: transform the column in the data (or an sql: "
+            "source) first",
+            m.group(1),
+        )
+
+
+def _signed_terms(rhs: str) -> list[tuple[str, str]]:
+    """Top-level terms with their sign: 'x + (1|g) - 1' -> [+x, +(1|g), -1]."""
+    out: list[tuple[str, str]] = []
+    depth, start, sign = 0, 0, "+"
+    for pos, ch in enumerate(rhs + "+"):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch in "+-" and depth == 0:
+            term = rhs[start:pos].strip()
+            if term:
+                out.append((sign, term))
+            elif pos > 0 and not (ch == "-" and not out and not rhs[:pos].strip()):
+                raise FormulaError(f"empty term in '{rhs.strip()}' (a stray '{ch}'?)", "formula")
+            sign, start = ch, pos + 1
+    return out
 
 
 def _check_parentheses(text: str) -> None:
@@ -177,11 +210,14 @@ def _expand_groups(text: str, term: str) -> list[GroupingFactor]:
 
 
 def _uncorrelated_parts(lhs: str, term: str) -> list[str]:
-    """``1 + x + z`` -> ['1', '0 + x', '0 + z'] as lme4's ``||`` expansion."""
-    pieces = [p.strip() for p in _split_top(lhs, "+")]
-    intercept = "0" not in pieces and "-1" not in pieces
-    rest = [p for p in pieces if p not in ("1", "0", "-1", "")]
-    parts = (["1"] if intercept else []) + [f"0 + {p}" for p in rest]
+    """``1 + x + z`` -> ['1', '0 + x', '0 + z'] as lme4's ``||`` expansion (terms as
+    formulaic expands them, so ``x * z`` gives x, z and x:z, and ``x - 1`` no intercept)."""
+    try:
+        terms = [str(t) for t in Formula(_to_python(lhs))]
+    except Exception:
+        raise FormulaError(f"cannot read '{lhs}' in random-effects term '{term}'", term) from None
+    intercept = "1" in terms
+    parts = (["1"] if intercept else []) + [f"0 + {t}" for t in terms if t != "1"]
     if not parts:
         raise FormulaError(f"random-effects term '{term}' has no columns", term)
     return parts

@@ -9,7 +9,7 @@ follow R so that results compare line by line with lme4:
     dictionary column    its dictionary order (pandas Categorical, DuckDB ENUM)
     integer/float column numeric order          (when used as a grouping factor)
     boolean column       FALSE, TRUE
-    a:b                  observed pairs, first factor varying fastest, "a_lev:b_lev"
+    a:b                  observed pairs, first factor varying slowest, "a_lev:b_lev"
 
 Unused levels are dropped.  The pass is "batch -> partial levels" plus a
 combine, so it can run per partition.
@@ -49,7 +49,7 @@ class InteractionLevels:
     """Levels of ``a:b``: observed combinations keyed by mixed-radix component codes."""
 
     components: tuple[Levels, ...]
-    keys: np.ndarray  # sorted int64 keys: code_a + n_a * (code_b + n_b * ...)
+    keys: np.ndarray  # sorted int64 keys: (code_a * n_b + code_b) * n_c + ...
     labels: tuple[str, ...]
 
     def codes_from(self, component_codes: list[np.ndarray]) -> np.ndarray:
@@ -57,11 +57,10 @@ class InteractionLevels:
 
 
 def _mixed_key(codes: list[np.ndarray], comps: tuple[Levels, ...]) -> np.ndarray:
+    """code_a * n_b * n_c + code_b * n_c + code_c: the first factor varies slowest."""
     key = np.zeros(len(codes[0]), dtype=np.int64)
-    radix = 1
     for c, lev in zip(codes, comps):
-        key += c * radix
-        radix *= len(lev.labels)
+        key = key * len(lev.labels) + c
     return key
 
 
@@ -189,7 +188,7 @@ def _interaction_levels(
 def _combo_labels(keys: np.ndarray, comps: tuple[Levels, ...]) -> Iterator[str]:
     for key in keys.tolist():
         parts = []
-        for lev in comps:
+        for lev in reversed(comps):
             key, code = divmod(key, len(lev.labels))
             parts.append(lev.labels[code])
-        yield ":".join(parts)
+        yield ":".join(reversed(parts))

@@ -28,6 +28,8 @@ offered and the optimizer falls back to derivative-free BOBYQA.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .factor import SchurFactor
@@ -38,9 +40,12 @@ def gradient_available(pls: PLS) -> bool:
     return isinstance(pls.factor, SchurFactor)
 
 
-def gradient(pls: PLS, crit: Criterion, sol: PLSSolution) -> np.ndarray:
-    """d objective / d theta at ``sol`` (the factor must hold ``sol.theta``)."""
+def gradient(pls: PLS, crit: Criterion, sol: PLSSolution) -> np.ndarray | None:
+    """d objective / d theta at ``sol`` (the factor must hold ``sol.theta``); None where
+    a vector term's T_k is (nearly) singular and the closed form does not hold."""
     tmap, cp = pls.tmap, pls.cp
+    if any(T.shape[0] > 1 and _nearly_singular(T) for T in tmap.blocks(sol.theta)):
+        return None
     u, b = pls.modes(sol)
     F = _F(pls, sol)
     Q = cp.ZtX - _A_times(pls, np.asarray(tmap.Lambda(sol.theta) @ F))
@@ -65,15 +70,30 @@ def gradient(pls: PLS, crit: Criterion, sol: PLSSolution) -> np.ndarray:
     return out
 
 
+def _nearly_singular(T: np.ndarray) -> bool:
+    d = np.abs(np.diag(T))
+    return bool(d.min() <= 1e-6 * max(1.0, float(np.abs(T).max())))
+
+
 def _dlogdet_M(T: np.ndarray, SB: np.ndarray, nl: int) -> np.ndarray:
     """Matrix whose [a, b] entry is d log|M| / d T[a, b]."""
     p = T.shape[0]
-    diag = np.diag(T)
-    if np.any(diag == 0.0):
-        if p == 1:
-            return np.zeros((1, 1))
-        T = T + np.diag(np.where(diag == 0.0, 1e-10, 0.0))
+    if p == 1 and T[0, 0] == 0.0:
+        return np.zeros((1, 1))  # the objective is even in a scalar theta_j
     return 2.0 * ((nl * np.eye(p) - SB) @ np.linalg.inv(T)).T
+
+
+def forward_gradient(
+    f: Callable[[np.ndarray], float], x: np.ndarray, fx: float, h: float = 1e-7
+) -> np.ndarray:
+    """Forward differences (upward, so a parameter at its lower bound stays feasible)."""
+    out = np.empty(len(x))
+    for j in range(len(x)):
+        step = h * max(1.0, abs(x[j]))
+        e = np.zeros(len(x))
+        e[j] = step
+        out[j] = (f(x + e) - fx) / step
+    return out
 
 
 def _A_times(pls: PLS, x: np.ndarray) -> np.ndarray:

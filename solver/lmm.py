@@ -11,16 +11,17 @@ outputs (conditional modes, fitted values).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from .condvar import conditional_variances
-from .gradient import gradient, gradient_available
+from .gradient import forward_gradient, gradient, gradient_available
 from .model import ModelData
 from .optimize import Control, Diagnostic, check_convergence, minimize
 from .pls import PLS, Criterion, PLSSolution, ThetaMap
@@ -46,13 +47,43 @@ class LinearMixedModel:
         return self.pls.solve(np.asarray(theta, dtype=np.float64))
 
     def objective(self, theta: np.ndarray) -> float:
-        """The profiled ML deviance or REML criterion at ``theta``."""
-        return self.criterion(self.solve(theta))
+        """The profiled ML deviance or REML criterion at ``theta`` (inf where the
+        system is numerically singular, e.g. an overparameterised model far out)."""
+        try:
+            return self.criterion(self.solve(theta))
+        except np.linalg.LinAlgError:
+            return math.inf
 
     def objective_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        """The objective and its gradient in theta (closed form, see ``gradient``)."""
-        sol = self.solve(theta)
-        return self.criterion(sol), gradient(self.pls, self.criterion, sol)
+        """The objective and its gradient in theta (closed form, see ``gradient``;
+        forward differences where a vector term's T_k is singular)."""
+        try:
+            sol = self.solve(theta)
+        except np.linalg.LinAlgError:
+            return math.inf, np.zeros(len(theta))
+        value = self.criterion(sol)
+        grad = gradient(self.pls, self.criterion, sol)
+        if grad is None:
+            grad = forward_gradient(self.objective, np.asarray(theta, float), value)
+        return value, grad
+
+    def _optimize(self, control: Control, progress: IterationProgress | None):
+        """L-BFGS-B with the closed-form gradient where available, finished by BOBYQA
+        when it stops on a bound: theta_j = 0 is a stationary point of the objective
+        (even in a scalar theta_j), where a gradient method can stall."""
+        lower, start = self.tmap.lower(), self.tmap.start()
+        fg = self.objective_gradient if gradient_available(self.pls) else None
+        opt = minimize(self.objective, start, lower, control, progress, fg)
+        if fg is None or not control.use_gradient:
+            return opt, None, "Brent" if len(start) == 1 else "BOBYQA"
+        at_bound = self.tmap.diagonal_mask() & (opt.x <= control.tol_singular)
+        if not at_bound.any() and math.isfinite(opt.fun):
+            return opt, fg, "L-BFGS-B (closed-form gradient)"
+        x0 = opt.x if math.isfinite(opt.fun) else start
+        again = minimize(self.objective, x0, lower, control, progress, None)
+        best = again if again.fun <= opt.fun else opt
+        best = replace(best, evaluations=opt.evaluations + again.evaluations)
+        return best, None, "L-BFGS-B (closed-form gradient), then BOBYQA at the boundary"
 
     def fit(
         self, control: Control = Control(), progress: IterationProgress | None = None
@@ -60,20 +91,14 @@ class LinearMixedModel:
         started = time.perf_counter()
         # numpy's and scipy's bundled OpenBLAS do only p x p work here; their idle
         # threads spinning beside CHOLMOD's BLAS threads slowed a fit 10-80x on 2 cores
-        fg = self.objective_gradient if gradient_available(self.pls) else None
         with threadpool_limits({"libscipy_openblas": 1}):
-            opt = minimize(
-                self.objective, self.tmap.start(), self.tmap.lower(), control, progress, fg
-            )
+            opt, fg, optimizer = self._optimize(control, progress)
             checks, theta = check_convergence(
                 self.objective, opt.x, self.tmap.lower(), self.tmap.diagonal_mask(), control, fg
             )
-        if opt.status.startswith("maximum"):
+        if not opt.status.startswith("converged"):
             checks.append(Diagnostic("optimizer", "warning", opt.status))
         sol = self.solve(theta)
-        optimizer = "L-BFGS-B (closed-form gradient)" if fg and control.use_gradient else "BOBYQA"
-        if fg is None and len(sol.theta) == 1:
-            optimizer = "Brent"
         result = build_result(self, sol, checks, opt.evaluations, optimizer)
         return LMMFit(self, sol, result, time.perf_counter() - started)
 

@@ -101,6 +101,8 @@ def _columns(
     wanted = fixed_vars | lhs_vars | offset_vars | group_cols | ({weights} if weights else set())
     names = set(schema.names)
     for col in sorted(wanted):
+        if col not in names and col in _R_ONLY:
+            raise FormulaError(f"{col}() is not supported in formulas: {_R_ONLY[col]}", col)
         if col not in names:
             raise FormulaError(f"unknown column '{col}' (not in the data)", col)
     _check_response(f.response, schema)
@@ -109,6 +111,14 @@ def _columns(
     typed = fixed_vars | lhs_vars
     factors = sorted(group_cols | {c for c in typed if is_categorical_type(schema.field(c).type)})
     return tuple(sorted(wanted)), factors
+
+
+_R_ONLY = {
+    "factor": "string, boolean and dictionary columns are factors already; cast the "
+    "column (e.g. in an sql: source, CAST(x AS VARCHAR)) to use a number as a factor",
+    "as.factor": "cast the column to a string type in the data instead",
+    "ordered": "polynomial contrasts are not supported; use a string column",
+}
 
 
 def _variables(formula_text: str, where: str) -> set[str]:

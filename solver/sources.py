@@ -182,7 +182,9 @@ def _file_source(spec: str) -> Source:
     lower = paths[0].lower()
     if lower.endswith((".csv", ".csv.gz", ".tsv")):
         files = "[" + ", ".join(_sql_literal(p) for p in paths) + "]"
-        return DuckDBSource(f"SELECT * FROM read_csv_auto({files})", None, spec)
+        # R's write.csv writes missing values as NA
+        query = f"SELECT * FROM read_csv_auto({files}, nullstr = ['NA', ''])"
+        return DuckDBSource(query, None, spec)
     if lower.endswith((".arrow", ".arrows", ".ipc", ".feather")):
         return ArrowIPCSource(paths[0], spec)
     if lower.endswith(".parquet") or os.path.isdir(paths[0]):

@@ -59,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (solver.InputError, BadInput) as exc:
         print(f"sparsemm: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an output path that cannot be written
+        print(f"sparsemm: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        return 2
 
 
 def _check_options(args: argparse.Namespace) -> None:
