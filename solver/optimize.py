@@ -53,6 +53,7 @@ class Control:
     delta: float = 1e-4
     check_derivatives: bool = True
     use_gradient: bool = True
+    newton_steps: int = 3  # when the scaled gradient is above tol_grad after the optimizer
     gtol: float = 1e-3  # then a Newton step from the check's derivatives
 
 
@@ -227,18 +228,50 @@ def check_convergence(
         xf[free] = z
         return f(xf.copy())
 
-    if fg is not None and control.use_gradient:
+    def derive(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if fg is None or not control.use_gradient:
+            return derivatives(sub, z, control.delta)
 
-        def sub_grad(z: np.ndarray) -> np.ndarray:
-            xf[free] = z
+        def sub_grad(w: np.ndarray) -> np.ndarray:
+            xf[free] = w
             return fg(xf.copy())[1][free]
 
-        grad, hess = derivatives_from_gradient(sub_grad, x[free], control.delta)
-    else:
-        grad, hess = derivatives(sub, x[free], control.delta)
-    out.extend(_gradient_check(grad, hess, control))
-    out.extend(_hessian_check(hess, control))
-    return out, _newton_polish(sub, x, lower, free, grad, hess)
+        return derivatives_from_gradient(sub_grad, z, control.delta)
+
+    x = x.copy()
+    for attempt in range(control.newton_steps + 1):
+        grad, hess = derive(x[free])
+        checks = _gradient_check(grad, hess, control) + _hessian_check(hess, control)
+        if checks[0].severity == "info" or attempt == control.newton_steps:
+            return out + checks, _newton_polish(sub, x, lower, free, grad, hess)
+        stepped = _newton_step(sub, x, lower, free, grad, hess)
+        if stepped is None:
+            return out + checks, x
+        x = stepped
+    return out, x  # not reached
+
+
+def _newton_step(
+    f: Objective,
+    x: np.ndarray,
+    lower: np.ndarray,
+    free: np.ndarray,
+    grad: np.ndarray,
+    hess: np.ndarray,
+) -> np.ndarray | None:
+    """A Newton step with backtracking, when the optimizer stopped short of the optimum."""
+    try:
+        np.linalg.cholesky(hess)
+        step = np.linalg.solve(hess, grad)
+    except np.linalg.LinAlgError:
+        return None
+    base = f(x[free])
+    for t in (1.0, 0.5, 0.25, 0.125):
+        trial = x.copy()
+        trial[free] = x[free] - t * step
+        if np.all(trial >= lower) and f(trial[free]) < base:
+            return trial
+    return None
 
 
 def _newton_polish(
