@@ -63,8 +63,11 @@ def convert_column(values: pd.Series, rtype: str, levels: list[str] | None) -> p
         return pd.Series(cat, index=values.index)
     if rtype == "double":
         # float() parses correctly rounded; R wrote "%.17g", so this is exact.
-        return pd.Series([math.nan if m else float(v) for v, m in zip(values, missing)],
-                         index=values.index, dtype="float64")
+        return pd.Series(
+            [math.nan if m else float(v) for v, m in zip(values, missing)],
+            index=values.index,
+            dtype="float64",
+        )
     if rtype == "integer":
         ints = [None if m else int(v) for v, m in zip(values, missing)]
         return pd.Series(ints, index=values.index, dtype="Int64" if missing.any() else "int64")
@@ -124,8 +127,10 @@ def main() -> int:
             path = DATA / f"{name}.parquet"
             write_parquet(frame, path)
             check_parquet(path, frame, types, levels)
-            print(f"{path.relative_to(HERE.parent.parent)}: {frame.shape[0]} rows, "
-                  f"{path.stat().st_size} bytes")
+            print(
+                f"{path.relative_to(HERE.parent.parent)}: {frame.shape[0]} rows, "
+                f"{path.stat().st_size} bytes"
+            )
         shutil.copyfile(out / "lme4_golden.json", HERE / "lme4_golden.json")
         shutil.copyfile(out / "R_VERSIONS.txt", HERE / "R_VERSIONS.txt")
     print(f"{len(golden)} cases -> {HERE / 'lme4_golden.json'}")
