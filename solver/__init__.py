@@ -15,6 +15,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 from .errors import DataError, FormulaError, InputError
+from .family import Family, family
+from .glmm import GeneralizedLinearMixedModel, GLMMFit
 from .lmm import IterationProgress, LinearMixedModel, LMMFit
 from .model import ModelData, RowsProgress, prepare
 from .optimize import Control
@@ -37,7 +39,8 @@ def fit(
 
 
 __all__ = [
-    "Control", "DataError", "FitResult", "FormulaError", "InputError", "IterationProgress",
+    "Control", "DataError", "Family", "FitResult", "GLMMFit", "GeneralizedLinearMixedModel",
+    "family", "FormulaError", "InputError", "IterationProgress",
     "LMMFit", "LinearMixedModel", "ModelData", "RowsProgress", "Source", "fit",
     "open_source", "prepare",
 ]  # fmt: skip

@@ -81,13 +81,14 @@ class Design:
     terms: tuple[TermDesign, ...]
     weights: str | None
     info: FrameInfo
+    trials_spec: object | None = None
 
     def rows(self, batch: pa.RecordBatch) -> ModelRows:
         """Model rows of one clean batch (no missing values)."""
         frame = to_pandas(batch, self.info)
         mats = _evaluate(self.fixed_spec, frame, "formula")
         X = np.asarray(mats.rhs, dtype=np.float64)
-        y = np.asarray(mats.lhs, dtype=np.float64)[:, 0]
+        y = np.asarray(mats.lhs, dtype=np.float64)[:, -1]  # a two-level factor: 2nd level
         offset = self._offset(frame)
         if offset is not None:
             y = y - offset
@@ -96,6 +97,9 @@ class Design:
         w = None
         if self.weights is not None:
             w = np.asarray(frame[self.weights], dtype=np.float64)
+        if self.trials_spec is not None:
+            trials = np.asarray(_evaluate(self.trials_spec, frame, "cbind"))[:, 0]
+            w = trials if w is None else w * trials
         codes = tuple(self._codes(batch, t) for t in self.terms)
         values = tuple(self._values(frame, t) for t in self.terms)
         return ModelRows(X, y, w, offset, codes, values)
@@ -226,7 +230,20 @@ def build_design(
     fixed_names = r_names(tuple(fixed_spec.rhs.column_names), _to_python(formula.fixed))
     offsets = tuple(build_spec(f"0 + I({_to_python(o)})", frame, "offset") for o in formula.offsets)
     term_designs = tuple(_term_design(g, cols, lhs, frame, info) for g, cols, lhs in terms)
-    return Design(fixed_names, fixed_spec, offsets, term_designs, weights, info)
+    trials = None
+    if formula.trials is not None:
+        trials = build_spec(f"0 + I({_to_python(formula.trials)})", frame, "cbind")
+    _check_lhs(fixed_spec, formula.response)
+    return Design(fixed_names, fixed_spec, offsets, term_designs, weights, info, trials)
+
+
+def _check_lhs(spec, response: str) -> None:
+    names = spec.lhs.column_names
+    if len(names) > 2:
+        raise DataError(
+            f"response '{response}' is a factor with {len(names)} levels; a binomial "
+            "response needs two (the first is failure)", response,
+        )  # fmt: skip
 
 
 def _term_design(

@@ -56,6 +56,7 @@ class ModelFormula:
     fixed: str
     offsets: tuple[str, ...]
     random: tuple[RandomTerm, ...]
+    trials: str | None = None  # cbind(s, f): the response is s / (s + f), trials s + f
 
     def fixed_formula(self) -> str:
         """The fixed part as a formulaic formula (R's ``^`` becomes ``**``)."""
@@ -92,7 +93,19 @@ def parse_formula(text: str) -> ModelFormula:
     fixed_text = " ".join(fixed) if fixed else "1"
     if fixed_text.startswith("-"):
         fixed_text = "1 " + fixed_text
-    return ModelFormula(text, response, fixed_text, tuple(offsets), tuple(random))
+    response, trials = _cbind(response)
+    return ModelFormula(text, response, fixed_text, tuple(offsets), tuple(random), trials)
+
+
+def _cbind(response: str) -> tuple[str, str | None]:
+    """``cbind(s, f)`` -> (the proportion s / (s + f), the number of trials s + f)."""
+    if not (response.startswith("cbind(") and response.endswith(")")):
+        return response, None
+    parts = [p.strip() for p in _split_top(response[len("cbind(") : -1], ",")]
+    if len(parts) != 2 or not all(parts):
+        raise FormulaError(f"'{response}' must be cbind(successes, failures)", "formula")
+    s, f = parts
+    return f"I(({s}) / (({s}) + ({f})))", f"({s}) + ({f})"
 
 
 _STATEFUL = re.compile(r"\b(scale|center|standardize|poly|bs|ns|cs|cr|cc|te|hashed|lag|C)\s*\(")

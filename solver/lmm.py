@@ -112,6 +112,9 @@ class LMMFit:
     result: FitResult
     fit_s: float
 
+    def criterion_sigma2(self) -> float:
+        return self.model.criterion.sigma2(self.sol)
+
     def _refresh(self) -> None:
         # the factor must hold this fit's theta (another evaluation may have moved it)
         self.model.pls.solve(self.sol.theta)
@@ -123,7 +126,7 @@ class LMMFit:
         var = None
         if cond_var:
             var = conditional_variances(self.model.pls, self.model.tmap, self.sol)
-            var = var * self.result.sigma**2
+            var = var * self.criterion_sigma2()
         return ranef_table(self.model.data, b, var)
 
     def fitted(self) -> pa.Table:

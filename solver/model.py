@@ -38,6 +38,7 @@ class ModelData:
     cp: CrossProducts
     kept: np.ndarray  # columns of X kept after the rank check
     messages: tuple[str, ...]
+    buffer: ModelRows | None = None  # all model rows, kept for GLMMs (PIRLS passes)
 
     @property
     def fixed_names(self) -> tuple[str, ...]:
@@ -68,12 +69,13 @@ def prepare(
     weights: str | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     progress: RowsProgress | None = None,
+    family: str = "gaussian",
 ) -> ModelData:
     """Parse, read and reduce the data to cross-products."""
     parsed = parse_formula(formula)
     source = open_source(data)
     schema = source.schema()
-    columns, factors = _columns(parsed, schema, weights)
+    columns, factors = _columns(parsed, schema, weights, family)
     interactions = sorted({t.group.columns for t in parsed.random if len(t.group.columns) > 1})
     info = scan(source.batches(columns, batch_rows), factors, list(interactions))
     terms = _ordered_terms(parsed.random, info)
@@ -81,17 +83,46 @@ def prepare(
     design = build_design(parsed, terms, weights, info, first)
     layout = _layout(design)
     _check_levels(design, info)
-    rows = model_rows(source, columns, design, batch_rows, progress)
-    cp = accumulate((_checked_weights(r, weights) for r in rows), layout)
+    rows: Iterator[ModelRows] = (
+        _checked_weights(r, weights)
+        for r in model_rows(source, columns, design, batch_rows, progress)
+    )
+    kept_rows: list[ModelRows] | None = [] if family != "gaussian" else None
+    if kept_rows is not None:
+        rows = _keeping(rows, kept_rows)
+    cp = accumulate(rows, layout)
     _check_identifiable(design, layout, cp)
     _check_variation(design, parsed, cp)
     cp, kept, rank_msgs = _drop_aliased(cp, design.fixed_names)
     messages = tuple(m for m in [info.dropped_message(), *rank_msgs] if m)
-    return ModelData(parsed, source, columns, design, layout, cp, kept, messages)
+    buffer = concat_rows(kept_rows) if kept_rows is not None else None
+    return ModelData(parsed, source, columns, design, layout, cp, kept, messages, buffer)
+
+
+def _keeping(rows: Iterator[ModelRows], store: list[ModelRows]) -> Iterator[ModelRows]:
+    for r in rows:
+        store.append(r)
+        yield r
+
+
+def concat_rows(parts: list[ModelRows]) -> ModelRows:
+    """One columnar buffer of all model rows."""
+
+    def cat(xs):
+        return None if xs[0] is None else np.concatenate(xs)
+
+    return ModelRows(
+        X=np.concatenate([r.X for r in parts]),
+        y=np.concatenate([r.y for r in parts]),
+        w=cat([r.w for r in parts]),
+        offset=cat([r.offset for r in parts]),
+        codes=tuple(np.concatenate(c) for c in zip(*(r.codes for r in parts))),
+        values=tuple(np.concatenate(v) for v in zip(*(r.values for r in parts))),
+    )
 
 
 def _columns(
-    f: ModelFormula, schema: pa.Schema, weights: str | None
+    f: ModelFormula, schema: pa.Schema, weights: str | None, family: str = "gaussian"
 ) -> tuple[tuple[str, ...], list[str]]:
     """Columns the model reads, and which of them are factors."""
     fixed_vars = _variables(f.fixed_formula(), "formula")
@@ -105,10 +136,10 @@ def _columns(
             raise FormulaError(f"{col}() is not supported in formulas: {_R_ONLY[col]}", col)
         if col not in names:
             raise FormulaError(f"unknown column '{col}' (not in the data)", col)
-    _check_response(f.response, schema)
+    _check_response(f.response, schema, family)
     if weights and is_categorical_type(schema.field(weights).type):
         raise DataError(f"weights column '{weights}' is not numeric", weights)
-    typed = fixed_vars | lhs_vars
+    typed = fixed_vars | lhs_vars | ({f.response} if f.response in names else set())
     factors = sorted(group_cols | {c for c in typed if is_categorical_type(schema.field(c).type)})
     return tuple(sorted(wanted)), factors
 
@@ -130,7 +161,9 @@ def _variables(formula_text: str, where: str) -> set[str]:
         raise FormulaError(f"cannot parse {where} '{formula_text}': {_clean(exc)}", where) from None
 
 
-def _check_response(response: str, schema: pa.Schema) -> None:
+def _check_response(response: str, schema: pa.Schema, family: str) -> None:
+    if family == "binomial":
+        return  # a two-level factor is allowed; checked with its levels
     if response in schema.names and is_categorical_type(schema.field(response).type):
         raise DataError(
             f"response '{response}' is not numeric (type {schema.field(response).type})",

@@ -145,18 +145,23 @@ class PLS:
     """The PLS system of one model: the factor's structure fixed once, values per theta."""
 
     def __init__(self, cp: CrossProducts, tmap: ThetaMap, ordering: str = "auto") -> None:
-        self.cp = cp
         self.tmap = tmap
+        self.set_crossproducts(cp)
+        generic = np.where(tmap.diagonal_mask(), 1.0, 0.5)
+        self.factor = choose_factor(self.scaled(generic), tmap.layout, ordering)
+        self.evaluations = 0
+
+    def set_crossproducts(self, cp: CrossProducts) -> None:
+        """New cross-products with the same sparsity pattern (PIRLS reweights the rows);
+        the factor's structure is kept."""
+        self.cp = cp
         A = cp.ZtZ
         self._A = A
-        if tmap.is_diagonal:
+        if self.tmap.is_diagonal:
             self._cols = np.repeat(np.arange(A.shape[1]), np.diff(A.indptr))
         else:
             self._A_full = (A + A.T - sp.diags(A.diagonal())).tocsc()
         self._ZXY = np.column_stack([cp.ZtX, cp.ZtY])
-        generic = np.where(tmap.diagonal_mask(), 1.0, 0.5)
-        self.factor = choose_factor(self.scaled(generic), tmap.layout, ordering)
-        self.evaluations = 0
 
     @property
     def ordering(self) -> str:

@@ -22,6 +22,7 @@ from .optimize import Diagnostic
 from .pls import Criterion, PLSSolution
 
 if TYPE_CHECKING:
+    from .glmm import GeneralizedLinearMixedModel
     from .lmm import LinearMixedModel
     from .model import ModelData
 
@@ -70,7 +71,7 @@ class FitResult:
     fixed_effects: list[FixedEffect]
     variance_components: list[VarianceComponent]
     theta: list[float]
-    sigma: float
+    sigma: float | None
     loglik: float
     aic: float
     bic: float
@@ -167,20 +168,21 @@ def _variance_components(
     out = []
     terms = model.data.design.terms
     for name, t, T in zip(_group_labels(model.data), terms, model.tmap.blocks(sol.theta)):
-        S = sigma**2 * T @ T.T
-        sd = np.sqrt(np.diag(S))
-        for i in range(t.p):
-            out.append(
-                VarianceComponent(name, t.names[i], None, float(S[i, i]), float(sd[i]), None)
-            )
-        for i in range(t.p):
-            for j in range(i + 1, t.p):
-                denom = sd[i] * sd[j]
-                corr = float(S[i, j] / denom) if denom > 0 else float("nan")
-                out.append(
-                    VarianceComponent(name, t.names[i], t.names[j], float(S[i, j]), None, corr)
-                )
+        out.extend(_term_components(name, t.names, sigma**2 * T @ T.T))
     out.append(VarianceComponent("Residual", None, None, sigma**2, sigma, None))
+    return out
+
+
+def _term_components(group: str, names: tuple[str, ...], S: np.ndarray) -> list[VarianceComponent]:
+    """Variances, then covariances with correlations, of one term (as.data.frame(VarCorr))."""
+    sd = np.sqrt(np.diag(S))
+    out = [VarianceComponent(group, names[i], None, float(S[i, i]), float(sd[i]), None)
+           for i in range(len(names))]  # fmt: skip
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            denom = sd[i] * sd[j]
+            corr = float(S[i, j] / denom) if denom > 0 else float("nan")
+            out.append(VarianceComponent(group, names[i], names[j], float(S[i, j]), None, corr))
     return out
 
 
@@ -199,3 +201,64 @@ def ranef_table(data: ModelData, b: np.ndarray, var: np.ndarray | None) -> pa.Ta
             cols["condval"].append(vals[:, j])
             cols["condsd"].append(sds[:, j] if sds is not None else np.full(t.nlevels, np.nan))
     return pa.table({k: pa.array(np.concatenate(v)) for k, v in cols.items()})
+
+
+def glmm_result(
+    model: GeneralizedLinearMixedModel,
+    theta: np.ndarray,
+    beta: np.ndarray,
+    laplace: float,
+    vcov: np.ndarray,
+    checks: list[Diagnostic],
+    evaluations: int,
+) -> FitResult:
+    """lme4's glmer summary: logLik = -(family aic + |u|^2 + log|L|^2) / 2 (Laplace);
+    deviance = sum of the deviance residuals at the conditional modes (lme4's drsum)."""
+    data, st, fam = model.data, model.state, model.family
+    mu = fam.link.linkinv(st.eta)
+    loglik = -(fam.aic(model.y, mu, model.wt) + float(st.u @ st.u) + st.logdet) / 2.0
+    k = len(beta) + len(theta)
+    n = len(model.y)
+    se = np.sqrt(np.diag(vcov)) if len(beta) else np.zeros(0)
+    warned = [d for d in checks if d.severity in ("warning", "error")]
+    return FitResult(
+        formula=data.formula.text,
+        family=fam.name,
+        link=fam.link.name,
+        method="Laplace",
+        nobs=n,
+        ngroups=_ngroups(data),
+        fixed_effects=[
+            FixedEffect(t, float(b), float(s), float(b / s))
+            for t, b, s in zip(data.fixed_names, beta, se)
+        ],  # fmt: skip
+        variance_components=_glmm_components(data, model.tmap.blocks(theta)),
+        theta=[float(t) for t in theta],
+        sigma=None,
+        loglik=loglik,
+        aic=-2.0 * loglik + 2.0 * k,
+        bic=-2.0 * loglik + k * math.log(n),
+        deviance=st.devres,
+        reml_criterion=None,
+        converged=not warned,
+        singular=any(d.code == "singular" for d in checks),
+        messages=list(data.messages)
+        + [d.message for d in checks if d.severity != "info" or d.code == "singular"],
+        diagnostics=FitDiagnostics(
+            checks=checks,
+            optimizer="BOBYQA (nAGQ = 0, then nAGQ = 1)",
+            evaluations=evaluations,
+            q=data.layout.q,
+            nnz_ZtZ=2 * data.cp.ZtZ.nnz - data.layout.q,
+            nnz_L=model.pls.nnz_L(),
+            ordering=model.pls.ordering,
+        ),
+    )
+
+
+def _glmm_components(data: ModelData, blocks: list[np.ndarray]) -> list[VarianceComponent]:
+    """Sigma_k = T_k T_k' (no residual variance in a GLMM)."""
+    out = []
+    for name, t, T in zip(_group_labels(data), data.design.terms, blocks):
+        out.extend(_term_components(name, t.names, T @ T.T))
+    return out

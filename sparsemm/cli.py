@@ -67,9 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check_options(args: argparse.Namespace) -> None:
     if args.server:
         raise BadInput("--server: the service is not available in this version; fit in-process")
-    if args.family != "gaussian":
-        raise BadInput(f"--family {args.family}: only gaussian models are supported so far")
-    if args.link not in (None, "identity"):
+    if args.family == "gaussian" and args.link not in (None, "identity"):
         raise BadInput(f"--link {args.link}: the gaussian family uses the identity link")
 
 
@@ -78,9 +76,15 @@ def _fit(args: argparse.Namespace) -> int:
     show = not args.quiet and sys.stderr.isatty()
     started = time.perf_counter()
     with _Progress(show) as prog:
-        data = solver.prepare(args.formula, args.data, weights=args.weights, progress=prog.rows)
+        data = solver.prepare(
+            args.formula, args.data, weights=args.weights, progress=prog.rows, family=args.family
+        )
         read_s = time.perf_counter() - started
-        model = solver.LinearMixedModel(data, reml=not args.ml, ordering=args.ordering)
+        if args.family == "gaussian":
+            model = solver.LinearMixedModel(data, reml=not args.ml, ordering=args.ordering)
+        else:
+            fam = solver.family(args.family, args.link)
+            model = solver.GeneralizedLinearMixedModel(data, fam, ordering=args.ordering)
         fitted = model.fit(progress=prog.iteration)
     result = fitted.result
     timings = {"read_s": read_s, "fit_s": time.perf_counter() - started - read_s}
@@ -95,7 +99,9 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_outputs(fitted: solver.LMMFit, args: argparse.Namespace) -> np.ndarray | None:
+def _write_outputs(
+    fitted: solver.LMMFit | solver.GLMMFit, args: argparse.Namespace
+) -> np.ndarray | None:
     if args.ranef:
         pq.write_table(fitted.ranef(), args.ranef)
     if not args.fitted and args.format != "text":
@@ -103,6 +109,8 @@ def _write_outputs(fitted: solver.LMMFit, args: argparse.Namespace) -> np.ndarra
     table = fitted.fitted()
     if args.fitted:
         pq.write_table(table, args.fitted)
+    if fitted.result.sigma is None:
+        return table.column("deviance_residual").to_numpy()
     resid = table.column("residual").to_numpy()
     return resid / fitted.result.sigma
 

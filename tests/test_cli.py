@@ -99,8 +99,8 @@ def test_bad_input_exits_2_with_one_line(
     assert fragment in err
 
 
-def test_missing_source_and_unsupported_family(capsys) -> None:
+def test_missing_source_and_bad_family_response(capsys) -> None:
     code, _, err = run(capsys, "--data", "/no/such.parquet", "--formula", FORMULA)
     assert code == 2 and "does not exist" in err
     code, _, err = run(capsys, "--data", SLEEP, "--formula", FORMULA, "--family", "poisson")
-    assert code == 2 and "only gaussian" in err
+    assert code == 2 and "poisson response 'Reaction' must be whole counts" in err

@@ -1,0 +1,127 @@
+"""GLM families and links, as R's ``binomial()`` and ``poisson()``.
+
+    mu = linkinv(eta)        dmu/deta = mu_eta(eta)        Var(y) = variance(mu) / wt
+    deviance residual        d_i = dev_resids(y_i, mu_i, wt_i)
+    working weight           w_i = wt_i mu_eta(eta_i)^2 / variance(mu_i)
+    working response         z_i = eta_i + (y_i - mu_i) / mu_eta(eta_i)
+    aic(y, mu, wt)           -2 log-likelihood (R's family$aic, without the 2k term)
+
+Binomial responses are proportions with the number of trials as prior weights
+(``cbind(s, f)`` gives y = s/(s+f), wt = s+f); Poisson responses are counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import special, stats
+
+from .errors import DataError
+
+_EPS = np.finfo(float).eps
+Array = np.ndarray
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    linkfun: Callable[[Array], Array]
+    linkinv: Callable[[Array], Array]
+    mu_eta: Callable[[Array], Array]
+
+
+def _logit_inv(eta: Array) -> Array:
+    return np.clip(special.expit(eta), _EPS, 1 - _EPS)
+
+
+def _cloglog_inv(eta: Array) -> Array:
+    return np.clip(-np.expm1(-np.exp(eta)), _EPS, 1 - _EPS)
+
+
+LINKS = {
+    "logit": Link(
+        "logit", special.logit, _logit_inv,
+        lambda e: np.maximum(special.expit(e) * special.expit(-e), _EPS),
+    ),
+    "probit": Link(
+        "probit", stats.norm.ppf, lambda e: np.clip(stats.norm.cdf(e), _EPS, 1 - _EPS),
+        lambda e: np.maximum(stats.norm.pdf(e), _EPS),
+    ),
+    "cloglog": Link(
+        "cloglog", lambda m: np.log(-np.log1p(-m)), _cloglog_inv,
+        lambda e: np.maximum(np.exp(e - np.exp(np.minimum(e, 700))), _EPS),
+    ),
+    "log": Link(
+        "log", np.log, lambda e: np.maximum(np.exp(e), _EPS),
+        lambda e: np.maximum(np.exp(e), _EPS),
+    ),
+}  # fmt: skip
+
+
+def _ylogy(y: Array, mu: Array) -> Array:
+    """y log(y / mu) with 0 log 0 = 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(y > 0, y * np.log(np.where(y > 0, y, 1.0) / mu), 0.0)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    link: Link
+
+    def variance(self, mu: Array) -> Array:
+        return mu * (1 - mu) if self.name == "binomial" else mu
+
+    def dev_resids(self, y: Array, mu: Array, wt: Array) -> Array:
+        if self.name == "binomial":
+            return 2 * wt * (_ylogy(y, mu) + _ylogy(1 - y, 1 - mu))
+        return 2 * wt * (_ylogy(y, mu) - (y - mu))
+
+    def aic(self, y: Array, mu: Array, wt: Array) -> float:
+        """-2 log-likelihood, as R's family$aic (prior weights = trials for binomial)."""
+        if self.name == "binomial":
+            m = np.round(wt)
+            return float(-2 * np.sum(stats.binom.logpmf(np.round(m * y), m, mu)))
+        return float(-2 * np.sum(wt * stats.poisson.logpmf(y, mu)))
+
+    def initial_mu(self, y: Array, wt: Array) -> Array:
+        """R's family$initialize."""
+        if self.name == "binomial":
+            return (wt * y + 0.5) / (wt + 1)
+        return y + 0.1
+
+    def validate(self, y: Array, wt: Array, response: str) -> None:
+        if self.name == "binomial" and (np.any(y < 0) or np.any(y > 1)):
+            bad = y[(y < 0) | (y > 1)][0]
+            raise DataError(
+                f"binomial response '{response}' must be in [0, 1] (a 0/1 column, a "
+                f"proportion with --weights, or cbind(successes, failures)); found {bad:g}",
+                response,
+            )
+        if self.name == "poisson":
+            if np.any(y < 0) or np.any(y != np.round(y)):
+                bad = y[(y < 0) | (y != np.round(y))][0]
+                raise DataError(
+                    f"poisson response '{response}' must be whole counts >= 0; found {bad:g}",
+                    response,
+                )
+
+
+DEFAULT_LINK = {"binomial": "logit", "poisson": "log"}
+ALLOWED = {"binomial": ("logit", "probit", "cloglog"), "poisson": ("log",)}
+
+
+def family(name: str, link: str | None = None) -> Family:
+    """The family ``name`` with ``link`` (default: the canonical link)."""
+    if name not in ALLOWED:
+        raise DataError(f"unknown family '{name}' (binomial, poisson or gaussian)", "family")
+    link = link or DEFAULT_LINK[name]
+    if link not in ALLOWED[name]:
+        raise DataError(
+            f"link '{link}' is not available for the {name} family "
+            f"(one of {', '.join(ALLOWED[name])})",
+            "link",
+        )
+    return Family(name, LINKS[link])

@@ -1,0 +1,243 @@
+"""Generalized linear mixed models by the Laplace approximation (lme4's glmer, nAGQ = 1).
+
+At fixed theta (and, in the second stage, fixed beta), penalized iteratively
+reweighted least squares (PIRLS) finds the conditional modes:
+
+    eta = X beta + Z Lambda u + offset,   mu = linkinv(eta)
+    w   = wt mu_eta(eta)^2 / variance(mu),   z = eta - offset + (y - mu) / mu_eta(eta)
+    (beta, u) <- PLS with weights w and response z     (the LMM core, reweighted rows)
+    pdev = sum dev_resids(y, mu, wt) + |u|^2           step-halving while pdev increases
+
+    Laplace deviance  d(theta, beta) = sum dev_resids + |u|^2 + log|L|^2
+
+Stage 1 (nAGQ = 0) minimises d over theta with beta inside PIRLS; stage 2 minimises
+d over (theta, beta) with PIRLS over u only.  Each PIRLS step is a weighted pass over
+a columnar buffer of the model rows (``WeightedPass``: partial sums, as the LMM pass).
+Standard errors of beta come from the finite-difference Hessian of d over
+(theta, beta), as lme4's default ``vcov(use.hessian = TRUE)``:  vcov = 2 H^-1.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from .condvar import conditional_variances
+from .crossprod import CrossProducts, z_matrix
+from .errors import DataError
+from .family import Family
+from .model import ModelData
+from .optimize import Control, check_convergence, derivatives, minimize
+from .pls import PLS, ThetaMap
+from .results import FitResult, glmm_result, ranef_table
+
+Progress = Callable[[int, float], None]
+PIRLS_TOL = 1e-10
+PIRLS_MAXIT = 40
+
+
+class WeightedPass:
+    """Cross-products with per-iteration weights over the buffered rows."""
+
+    def __init__(self, data: ModelData) -> None:
+        rows = data.buffer
+        assert rows is not None
+        self.X = rows.X[:, data.kept]
+        self.Z = z_matrix(rows, data.layout).tocsr()
+        self.Zt = self.Z.T.tocsr()
+        self.counts = data.cp.level_counts
+
+    def __call__(self, w: np.ndarray, z: np.ndarray, X: np.ndarray) -> CrossProducts:
+        WZ = self.Z.multiply(w[:, None]).tocsr()
+        WX = X * w[:, None]
+        return CrossProducts(
+            ZtZ=sp.tril(self.Zt @ WZ, format="csc"),
+            ZtX=np.asarray(self.Zt @ WX),
+            ZtY=np.asarray(self.Zt @ (w * z)),
+            XtX=X.T @ WX,
+            XtY=WX.T @ z,
+            yty=float(z @ (w * z)),
+            n=len(z),
+            sum_log_w=0.0,
+            level_counts=self.counts,
+            x_min=np.zeros(0),
+            x_max=np.zeros(0),
+        )
+
+
+@dataclass
+class PirlsState:
+    """The conditional modes at the last evaluated (theta, beta), kept as warm start."""
+
+    u: np.ndarray
+    beta: np.ndarray
+    eta: np.ndarray
+    devres: float = math.inf
+    logdet: float = 0.0
+    iterations: int = 0
+    converged: bool = True
+
+
+class GeneralizedLinearMixedModel:
+    """The Laplace deviance of one GLMM as a function of theta (and beta)."""
+
+    def __init__(self, data: ModelData, fam: Family, ordering: str = "auto") -> None:
+        rows = data.buffer
+        if rows is None:
+            raise ValueError("prepare(..., family=...) keeps the rows a GLMM needs")
+        self.data, self.family = data, fam
+        self.y = rows.y + (0.0 if rows.offset is None else rows.offset)
+        self.wt = np.ones(len(self.y)) if rows.w is None else rows.w
+        self.offset = np.zeros(len(self.y)) if rows.offset is None else rows.offset
+        fam.validate(self.y, self.wt, data.formula.response)
+        self.passes = WeightedPass(data)
+        self.tmap = ThetaMap.build(data.layout)
+        eta0 = fam.link.linkfun(fam.initial_mu(self.y, self.wt))
+        self.pls = PLS(self._weighted(eta0, None), self.tmap, ordering)
+        p, q = self.passes.X.shape[1], data.layout.q
+        self.state = PirlsState(np.zeros(q), np.zeros(p), eta0)
+        self._empty = np.zeros((len(self.y), 0))
+
+    def _weighted(self, eta: np.ndarray, beta: np.ndarray | None) -> CrossProducts:
+        fam = self.family
+        mu, d = fam.link.linkinv(eta), fam.link.mu_eta(eta)
+        w = self.wt * d**2 / fam.variance(mu)
+        z = eta - self.offset + (self.y - mu) / d
+        if beta is None:
+            return self.passes(w, z, self.passes.X)
+        return self.passes(w, z - self.passes.X @ beta, self._empty)
+
+    def _eta(self, theta: np.ndarray, beta: np.ndarray, u: np.ndarray) -> np.ndarray:
+        b = self.tmap.Lambda(theta) @ u
+        return self.passes.X @ beta + self.passes.Z @ b + self.offset
+
+    def _pdev(self, eta: np.ndarray, u: np.ndarray) -> float:
+        mu = self.family.link.linkinv(eta)
+        return float(np.sum(self.family.dev_resids(self.y, mu, self.wt))) + float(u @ u)
+
+    def pirls(self, theta: np.ndarray, beta: np.ndarray | None = None) -> PirlsState:
+        """Conditional modes at theta (beta inside PIRLS when ``beta`` is None)."""
+        st = self.state
+        b0 = st.beta if beta is None else beta
+        eta = self._eta(theta, b0, st.u) if st.devres < math.inf else st.eta
+        u, bcur = st.u.copy(), b0.copy()
+        old = self._pdev(eta, u)
+        it = 0
+        while it < PIRLS_MAXIT:
+            it += 1
+            self.pls.set_crossproducts(self._weighted(eta, beta))
+            sol = self.pls.solve(theta)
+            u_new, _ = self.pls.modes(sol)
+            b_new = sol.beta if beta is None else beta
+            eta, u, bcur, new = self._step_halving(theta, u, bcur, u_new, b_new, old)
+            if abs(old - new) < PIRLS_TOL * (abs(new) + 0.1):
+                break
+            old = new
+        mu = self.family.link.linkinv(eta)
+        devres = float(np.sum(self.family.dev_resids(self.y, mu, self.wt)))
+        # log|L|^2 with the weights at the modes, not at wherever PIRLS started from
+        self.pls.set_crossproducts(self._weighted(eta, beta if beta is not None else bcur))
+        logdet = self.pls.solve(theta).logdet_L
+        self.state = PirlsState(u, bcur, eta, devres, logdet, it, it < PIRLS_MAXIT)
+        return self.state
+
+    def _step_halving(self, theta, u0, b0, u1, b1, old: float):
+        t = 1.0
+        while True:
+            u, b = u0 + t * (u1 - u0), b0 + t * (b1 - b0)
+            eta = self._eta(theta, b, u)
+            new = self._pdev(eta, u)
+            if new <= old * (1 + 1e-12) + 1e-10 or t < 1e-3:
+                return eta, u, b, new
+            t /= 2
+
+    def laplace(self, theta: np.ndarray, beta: np.ndarray | None = None) -> float:
+        """d(theta, beta) = sum dev_resids + |u|^2 + log|L|^2 at the PIRLS optimum."""
+        try:
+            st = self.pirls(np.asarray(theta, float), beta)
+        except np.linalg.LinAlgError:
+            return math.inf
+        return st.devres + float(st.u @ st.u) + st.logdet
+
+    def fit(self, control: Control = Control(), progress: Progress | None = None) -> GLMMFit:
+        started = time.perf_counter()
+        nt = self.tmap.size
+        with threadpool_limits({"libscipy_openblas": 1}):
+            stage1 = minimize(self.laplace, self.tmap.start(), self.tmap.lower(), control, progress)
+            self.pirls(stage1.x)
+            x0 = np.concatenate([stage1.x, self.state.beta])
+            lower = np.concatenate([self.tmap.lower(), np.full(len(self.state.beta), -np.inf)])
+
+            def joint(x: np.ndarray) -> float:
+                return self.laplace(x[:nt], x[nt:])
+
+            stage2 = minimize(joint, x0, lower, control, progress)
+            checks, x = check_convergence(
+                joint, stage2.x, lower, np.r_[self.tmap.diagonal_mask(), np.zeros(len(x0) - nt,
+                                                                                  bool)],
+                control,
+            )  # fmt: skip
+            vcov = self._vcov(joint, x, nt, control)
+            value = joint(x)
+        evals = stage1.evaluations + stage2.evaluations
+        result = glmm_result(self, x[:nt], x[nt:], value, vcov, checks, evals)
+        return GLMMFit(self, x[:nt], x[nt:], result, time.perf_counter() - started)
+
+    def _vcov(self, joint, x: np.ndarray, nt: int, control: Control) -> np.ndarray:
+        """2 H^-1 restricted to beta, H the Hessian of d over (theta, beta) (lme4)."""
+        free = np.ones(len(x), bool)
+        free[:nt] = ~(self.tmap.diagonal_mask() & (x[:nt] <= control.tol_singular))
+        xf = x.copy()
+
+        def sub(z: np.ndarray) -> float:
+            xf[free] = z
+            return joint(xf.copy())
+
+        _, H = derivatives(sub, x[free], control.delta)
+        try:
+            inv = np.linalg.inv(H)
+        except np.linalg.LinAlgError:
+            raise DataError("the Hessian of the deviance is singular: standard errors "
+                            "cannot be computed", "formula") from None  # fmt: skip
+        nf = int(free[:nt].sum())
+        return 2.0 * inv[nf:, nf:]
+
+
+@dataclass
+class GLMMFit:
+    """A fitted GLMM: the summary plus what per-level and per-row outputs need."""
+
+    model: GeneralizedLinearMixedModel
+    theta: np.ndarray
+    beta: np.ndarray
+    result: FitResult
+    fit_s: float
+    extra: dict = field(default_factory=dict)
+
+    def _refresh(self) -> None:
+        self.model.pirls(self.theta, self.beta)
+
+    def ranef(self, cond_var: bool = True) -> pa.Table:
+        self._refresh()
+        st, m = self.model.state, self.model
+        b = np.asarray(m.tmap.Lambda(self.theta) @ st.u)
+        var = conditional_variances(m.pls, m.tmap, m.pls.solve(self.theta)) if cond_var else None
+        return ranef_table(m.data, b, var)
+
+    def fitted(self) -> pa.Table:
+        """Fitted means (response scale), response, Pearson and deviance residuals."""
+        self._refresh()
+        m = self.model
+        mu = m.family.link.linkinv(m.state.eta)
+        var = m.family.variance(mu)
+        pearson = (m.y - mu) * np.sqrt(m.wt / var)
+        dev = np.sign(m.y - mu) * np.sqrt(np.maximum(m.family.dev_resids(m.y, mu, m.wt), 0))
+        return pa.table({"fitted": mu, "residual": m.y - mu, "pearson": pearson,
+                         "deviance_residual": dev})  # fmt: skip
