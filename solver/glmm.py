@@ -8,7 +8,9 @@ reweighted least squares (PIRLS) finds the conditional modes:
     (beta, u) <- PLS with weights w and response z     (the LMM core, reweighted rows)
     pdev = sum dev_resids(y, mu, wt) + |u|^2           step-halving while pdev increases
 
-    Laplace deviance  d(theta, beta) = sum dev_resids + |u|^2 + log|L|^2
+    Laplace deviance  d(theta, beta) = sum dev_resids + |u|^2 + log|L|^2 + c
+                      = -2 log-likelihood (Laplace), as lme4's devfun; the constant
+                      c = family aic - sum dev_resids does not depend on mu
 
 Stage 1 (nAGQ = 0) minimises d over theta with beta inside PIRLS; stage 2 minimises
 d over (theta, beta) with PIRLS over u only.  Each PIRLS step is a weighted pass over
@@ -22,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -39,8 +41,9 @@ from .pls import PLS, ThetaMap
 from .results import FitResult, glmm_result, ranef_table
 
 Progress = Callable[[int, float], None]
-PIRLS_TOL = 1e-10
+PIRLS_TOL = 1e-14
 PIRLS_MAXIT = 40
+GLMM_DELTA = 1e-3
 
 
 class WeightedPass:
@@ -94,12 +97,20 @@ class GeneralizedLinearMixedModel:
             raise ValueError("prepare(..., family=...) keeps the rows a GLMM needs")
         self.data, self.family = data, fam
         self.y = rows.y + (0.0 if rows.offset is None else rows.offset)
+        if fam.name == "poisson" and rows.offset is not None:
+            # rows.y is y - offset; undo the rounding of adding the offset back
+            whole = np.abs(self.y - np.round(self.y)) < 1e-9 * np.maximum(1.0, np.abs(self.y))
+            self.y = np.where(whole, np.round(self.y), self.y)
         self.wt = np.ones(len(self.y)) if rows.w is None else rows.w
         self.offset = np.zeros(len(self.y)) if rows.offset is None else rows.offset
         fam.validate(self.y, self.wt, data.formula.response)
         self.passes = WeightedPass(data)
         self.tmap = ThetaMap.build(data.layout)
-        eta0 = fam.link.linkfun(fam.initial_mu(self.y, self.wt))
+        mu0 = fam.initial_mu(self.y, self.wt)
+        eta0 = fam.link.linkfun(mu0)
+        self.saturated = fam.aic(self.y, mu0, self.wt) - float(
+            np.sum(fam.dev_resids(self.y, mu0, self.wt))
+        )
         self.pls = PLS(self._weighted(eta0, None), self.tmap, ordering)
         p, q = self.passes.X.shape[1], data.layout.q
         self.state = PirlsState(np.zeros(q), np.zeros(p), eta0)
@@ -159,16 +170,18 @@ class GeneralizedLinearMixedModel:
             t /= 2
 
     def laplace(self, theta: np.ndarray, beta: np.ndarray | None = None) -> float:
-        """d(theta, beta) = sum dev_resids + |u|^2 + log|L|^2 at the PIRLS optimum."""
+        """d(theta, beta) = -2 log-likelihood (Laplace) at the PIRLS optimum."""
         try:
             st = self.pirls(np.asarray(theta, float), beta)
         except np.linalg.LinAlgError:
             return math.inf
-        return st.devres + float(st.u @ st.u) + st.logdet
+        return st.devres + float(st.u @ st.u) + st.logdet + self.saturated
 
     def fit(self, control: Control = Control(), progress: Progress | None = None) -> GLMMFit:
         started = time.perf_counter()
         nt = self.tmap.size
+        # PIRLS leaves ~1e-10 of noise in d; central differences need a step above it
+        control = replace(control, delta=max(control.delta, GLMM_DELTA))
         with threadpool_limits({"libscipy_openblas": 1}):
             stage1 = minimize(self.laplace, self.tmap.start(), self.tmap.lower(), control, progress)
             self.pirls(stage1.x)

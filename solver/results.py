@@ -215,8 +215,7 @@ def glmm_result(
     """lme4's glmer summary: logLik = -(family aic + |u|^2 + log|L|^2) / 2 (Laplace);
     deviance = sum of the deviance residuals at the conditional modes (lme4's drsum)."""
     data, st, fam = model.data, model.state, model.family
-    mu = fam.link.linkinv(st.eta)
-    loglik = -(fam.aic(model.y, mu, model.wt) + float(st.u @ st.u) + st.logdet) / 2.0
+    loglik = -laplace / 2.0
     k = len(beta) + len(theta)
     n = len(model.y)
     se = np.sqrt(np.diag(vcov)) if len(beta) else np.zeros(0)

@@ -1,15 +1,19 @@
 """Regenerate the lme4 golden values and the test datasets from R.
 
-    .venv/bin/python tests/golden/make_golden.py
+    .venv/bin/python tests/golden/make_golden.py [lme4_golden] [glmer_golden]
 
 Needs ``Rscript`` with the R packages lme4, mlmRev and jsonlite (Debian/Ubuntu:
-``apt-get install r-cran-lme4 r-cran-mlmrev r-cran-jsonlite``).  It runs
-``tests/golden/lme4_golden.R`` into a temporary directory and writes
+``apt-get install r-cran-lme4 r-cran-mlmrev r-cran-jsonlite``).  It runs each golden
+set's R script (all of them unless some are named) into a temporary directory and,
+once every script has succeeded, writes
 
-    tests/golden/lme4_golden.json   lme4's results per case (see the R script for the
-                                    fields), every double at full precision
+    tests/golden/lme4_golden.json   lmer's results per case (lme4_golden.R)
+    tests/golden/glmer_golden.json  glmer's results per case (glmer_golden.R)
     tests/golden/R_VERSIONS.txt     R, lme4, Matrix, mlmRev and jsonlite versions
     tests/data/NAME.parquet         each dataset the cases use (zstd-compressed)
+
+See each R script for the fields of its JSON; every double is at full precision.
+Two sets may not export a dataset of the same name.
 
 In the Parquet files every R factor is a pandas Categorical, i.e. a dictionary column,
 whose dictionary is exactly R's ``levels(x)`` in R's order (unused levels included;
@@ -21,6 +25,7 @@ The test-suite reads only these files; it never needs R.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shutil
@@ -35,7 +40,8 @@ import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "data"
-R_SCRIPT = HERE / "lme4_golden.R"
+# Each golden set is an R script NAME.R that writes NAME.json (and its datasets).
+GOLDEN_SETS = ("lme4_golden", "glmer_golden")
 INSTALL_HINT = "apt-get install r-cran-lme4 r-cran-mlmrev r-cran-jsonlite"
 
 
@@ -109,31 +115,75 @@ def check_parquet(path: Path, frame: pd.DataFrame, types: dict, levels: dict) ->
             raise AssertionError(f"{path.name}:{col} values changed in the round trip")
 
 
-def run_r(out: Path) -> None:
+def run_r(script: Path, out: Path) -> None:
     if shutil.which("Rscript") is None:
         raise SystemExit(f"make_golden: Rscript not found; needs R with lme4 ({INSTALL_HINT})")
-    subprocess.run(["Rscript", str(R_SCRIPT), str(out)], check=True)
+    subprocess.run(["Rscript", str(script), str(out)], check=True)
 
 
-def main() -> int:
+def datasets_of(golden: list[dict]) -> list[str]:
+    return sorted({case["dataset"] for case in golden})
+
+
+def check_distinct_datasets(goldens: dict[str, list[dict]]) -> None:
+    """Each tests/data file comes from exactly one golden set."""
+    seen: dict[str, str] = {}
+    for name, golden in goldens.items():
+        for dataset in datasets_of(golden):
+            if dataset in seen:
+                raise ValueError(f"dataset {dataset!r} exported by both {seen[dataset]} and {name}")
+            seen[dataset] = name
+
+
+def write_dataset(out: Path, name: str) -> None:
+    """One R export to tests/data/NAME.parquet, read back and checked."""
+    raw, types, levels = read_export(out, name)
+    frame = to_frame(raw, types, levels)
+    path = DATA / f"{name}.parquet"
+    write_parquet(frame, path)
+    check_parquet(path, frame, types, levels)
+    size = path.stat().st_size
+    print(f"{path.relative_to(HERE.parent.parent)}: {frame.shape[0]} rows, {size} bytes")
+
+
+def copy_versions(outs: list[Path]) -> None:
+    """R_VERSIONS.txt, which every script writes; the runs must agree."""
+    texts = {(out / "R_VERSIONS.txt").read_text() for out in outs}
+    if len(texts) != 1:
+        raise ValueError(f"the R scripts report different versions: {sorted(texts)}")
+    shutil.copyfile(outs[0] / "R_VERSIONS.txt", HERE / "R_VERSIONS.txt")
+
+
+def parse_args(argv: list[str] | None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "sets", nargs="*", metavar="SET", help=f"default: all of {', '.join(GOLDEN_SETS)}"
+    )
+    sets = parser.parse_args(argv).sets
+    unknown = sorted(set(sets) - set(GOLDEN_SETS))
+    if unknown:
+        parser.error(f"unknown golden set(s) {unknown}; choose from {list(GOLDEN_SETS)}")
+    return [name for name in GOLDEN_SETS if not sets or name in sets]
+
+
+def main(argv: list[str] | None = None) -> int:
+    sets = parse_args(argv)
     DATA.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lme4_golden_") as tmp:
-        out = Path(tmp)
-        run_r(out)
-        golden = json.loads((out / "lme4_golden.json").read_text())
-        for name in sorted({case["dataset"] for case in golden}):
-            raw, types, levels = read_export(out, name)
-            frame = to_frame(raw, types, levels)
-            path = DATA / f"{name}.parquet"
-            write_parquet(frame, path)
-            check_parquet(path, frame, types, levels)
-            print(
-                f"{path.relative_to(HERE.parent.parent)}: {frame.shape[0]} rows, "
-                f"{path.stat().st_size} bytes"
-            )
-        shutil.copyfile(out / "lme4_golden.json", HERE / "lme4_golden.json")
-        shutil.copyfile(out / "R_VERSIONS.txt", HERE / "R_VERSIONS.txt")
-    print(f"{len(golden)} cases -> {HERE / 'lme4_golden.json'}")
+        outs = {name: Path(tmp) / name for name in sets}
+        for name, out in outs.items():
+            run_r(HERE / f"{name}.R", out)
+        goldens = {
+            name: json.loads((out / f"{name}.json").read_text()) for name, out in outs.items()
+        }
+        check_distinct_datasets(goldens)
+        for name, out in outs.items():
+            for dataset in datasets_of(goldens[name]):
+                write_dataset(out, dataset)
+            shutil.copyfile(out / f"{name}.json", HERE / f"{name}.json")
+        copy_versions(list(outs.values()))
+    for name, golden in goldens.items():
+        print(f"{len(golden)} cases -> {HERE / f'{name}.json'}")
     print((HERE / "R_VERSIONS.txt").read_text().strip())
     return 0
 
