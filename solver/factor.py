@@ -29,6 +29,7 @@ from scipy.linalg import lapack
 from sksparse.cholmod import CholmodNotPositiveDefiniteError, analyze
 
 MAX_DENSE_SCHUR = 6000
+DENSE_THREADS_FROM = 2000
 
 
 class CholmodFactor:
@@ -47,6 +48,11 @@ class CholmodFactor:
 
     def logdet(self) -> float:
         return float(self._f.logdet())
+
+    def blas_limits(self) -> dict[str, int] | None:
+        """numpy's and scipy's bundled OpenBLAS only do p x p work beside CHOLMOD; their
+        idle threads spinning next to CHOLMOD's BLAS threads slowed fits 10-80x."""
+        return {"libscipy_openblas": 1}
 
     def half_solve(self, R: np.ndarray) -> np.ndarray:
         return np.asarray(self._f.solve_L(self._f.apply_P(R), use_LDLt_decomposition=False))
@@ -95,6 +101,10 @@ class SchurFactor:
             raise np.linalg.LinAlgError("Schur complement is not positive definite")
         self.LS = LS
         self._Sinv = None
+
+    def blas_limits(self) -> dict[str, int] | None:
+        """Threads pay off only for a large dense Schur complement (LAPACK via scipy)."""
+        return None if self.q - self.n1 >= DENSE_THREADS_FROM else {"libscipy_openblas": 1}
 
     def logdet(self) -> float:
         ld = 2.0 * np.sum(np.log(np.diagonal(self.LD, axis1=1, axis2=2)))

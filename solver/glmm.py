@@ -36,7 +36,7 @@ from .crossprod import CrossProducts, z_matrix
 from .errors import DataError
 from .family import Family
 from .model import ModelData
-from .optimize import Control, check_convergence, derivatives, minimize
+from .optimize import Checked, Control, check_convergence, derivatives, minimize
 from .pls import PLS, ThetaMap
 from .results import FitResult, glmm_result, ranef_table
 
@@ -180,9 +180,13 @@ class GeneralizedLinearMixedModel:
     def fit(self, control: Control = Control(), progress: Progress | None = None) -> GLMMFit:
         started = time.perf_counter()
         nt = self.tmap.size
-        # PIRLS leaves ~1e-10 of noise in d; central differences need a step above it
-        control = replace(control, delta=max(control.delta, GLMM_DELTA))
-        with threadpool_limits({"libscipy_openblas": 1}):
+        # PIRLS leaves ~1e-10 of noise in d: central differences need a step above it;
+        # BOBYQA stops at 1e-7 (or 1e-10 relative) and the Newton polish finishes
+        control = replace(
+            control, delta=max(control.delta, GLMM_DELTA), ftol_abs=1e-7, xtol_abs=1e-7,
+            ftol_rel=1e-10,
+        )  # fmt: skip
+        with threadpool_limits(self.pls.factor.blas_limits()):
             stage1 = minimize(self.laplace, self.tmap.start(), self.tmap.lower(), control, progress)
             self.pirls(stage1.x)
             x0 = np.concatenate([stage1.x, self.state.beta])
@@ -192,28 +196,30 @@ class GeneralizedLinearMixedModel:
                 return self.laplace(x[:nt], x[nt:])
 
             stage2 = minimize(joint, x0, lower, control, progress)
-            checks, x = check_convergence(
-                joint, stage2.x, lower, np.r_[self.tmap.diagonal_mask(), np.zeros(len(x0) - nt,
-                                                                                  bool)],
-                control,
-            )  # fmt: skip
-            vcov = self._vcov(joint, x, nt, control)
+            diag = np.concatenate([self.tmap.diagonal_mask(), np.zeros(len(x0) - nt, bool)])
+            checked = check_convergence(joint, stage2.x, lower, diag, control)
+            x = checked.x
+            vcov = self._vcov(joint, checked, nt, control)
             value = joint(x)
         evals = stage1.evaluations + stage2.evaluations
-        result = glmm_result(self, x[:nt], x[nt:], value, vcov, checks, evals)
+        result = glmm_result(self, x[:nt], x[nt:], value, vcov, checked.checks, evals)
         return GLMMFit(self, x[:nt], x[nt:], result, time.perf_counter() - started)
 
-    def _vcov(self, joint, x: np.ndarray, nt: int, control: Control) -> np.ndarray:
-        """2 H^-1 restricted to beta, H the Hessian of d over (theta, beta) (lme4)."""
-        free = np.ones(len(x), bool)
-        free[:nt] = ~(self.tmap.diagonal_mask() & (x[:nt] <= control.tol_singular))
-        xf = x.copy()
+    def _vcov(self, joint, checked: Checked, nt: int, control: Control) -> np.ndarray:
+        """2 H^-1 restricted to beta, H the Hessian of d over (theta, beta) (lme4), from
+        the convergence check's derivatives when it took them."""
+        free, H = checked.free, checked.hess
+        if free is None or H is None:
+            x = checked.x
+            free = np.ones(len(x), bool)
+            free[:nt] = ~(self.tmap.diagonal_mask() & (x[:nt] <= control.tol_singular))
+            xf = x.copy()
 
-        def sub(z: np.ndarray) -> float:
-            xf[free] = z
-            return joint(xf.copy())
+            def sub(z: np.ndarray) -> float:
+                xf[free] = z
+                return joint(xf.copy())
 
-        _, H = derivatives(sub, x[free], control.delta)
+            _, H = derivatives(sub, x[free], control.delta)
         try:
             inv = np.linalg.inv(H)
         except np.linalg.LinAlgError:

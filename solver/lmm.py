@@ -89,13 +89,12 @@ class LinearMixedModel:
         self, control: Control = Control(), progress: IterationProgress | None = None
     ) -> LMMFit:
         started = time.perf_counter()
-        # numpy's and scipy's bundled OpenBLAS do only p x p work here; their idle
-        # threads spinning beside CHOLMOD's BLAS threads slowed a fit 10-80x on 2 cores
-        with threadpool_limits({"libscipy_openblas": 1}):
+        with threadpool_limits(self.pls.factor.blas_limits()):
             opt, fg, optimizer = self._optimize(control, progress)
-            checks, theta = check_convergence(
+            checked = check_convergence(
                 self.objective, opt.x, self.tmap.lower(), self.tmap.diagonal_mask(), control, fg
             )
+        checks, theta = checked.checks, checked.x
         if not opt.status.startswith("converged"):
             checks.append(Diagnostic("optimizer", "warning", opt.status))
         sol = self.solve(theta)

@@ -55,6 +55,7 @@ class Control:
     use_gradient: bool = True
     newton_steps: int = 3  # when the scaled gradient is above tol_grad after the optimizer
     gtol: float = 1e-3  # then a Newton step from the check's derivatives
+    initial_step: float | None = None  # BOBYQA's first trust radius (None: NLopt's choice)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,8 @@ def _bobyqa(f: Objective, x0: np.ndarray, lower: np.ndarray, control: Control):
     opt.set_ftol_rel(control.ftol_rel)
     opt.set_xtol_rel(control.xtol_rel)
     opt.set_maxeval(control.maxeval)
+    if control.initial_step is not None:
+        opt.set_initial_step(control.initial_step)
     best_x, best_f = [np.asarray(x0, float)], [np.inf]
 
     def tracked(x: np.ndarray, grad: np.ndarray) -> float:
@@ -200,6 +203,17 @@ def derivatives(f: Objective, x: np.ndarray, delta: float) -> tuple[np.ndarray, 
     return grad, hess
 
 
+@dataclass(frozen=True)
+class Checked:
+    """The checks' findings, the (polished) optimum, and the Hessian over the free
+    parameters at the last point the derivatives were taken (None if not taken)."""
+
+    checks: list[Diagnostic]
+    x: np.ndarray
+    free: np.ndarray | None = None
+    hess: np.ndarray | None = None
+
+
 def check_convergence(
     f: Objective,
     x: np.ndarray,
@@ -207,7 +221,7 @@ def check_convergence(
     diag_mask: np.ndarray,
     control: Control,
     fg: ObjectiveGrad | None = None,
-) -> tuple[list[Diagnostic], np.ndarray]:
+) -> Checked:
     """lme4's checks at the optimum (singular fit, scaled gradient, Hessian), and the
     optimum after a Newton polish from the same derivatives."""
     out: list[Diagnostic] = []
@@ -221,7 +235,7 @@ def check_convergence(
         )  # fmt: skip
     free = ~(x <= lower + control.tol_singular * diag_mask)
     if not control.check_derivatives or not free.any():
-        return out, x
+        return Checked(out, x)
     xf = x.copy()
 
     def sub(z: np.ndarray) -> float:
@@ -243,12 +257,13 @@ def check_convergence(
         grad, hess = derive(x[free])
         checks = _gradient_check(grad, hess, control) + _hessian_check(hess, control)
         if checks[0].severity == "info" or attempt == control.newton_steps:
-            return out + checks, _newton_polish(sub, x, lower, free, grad, hess)
+            polished = _newton_polish(sub, x, lower, free, grad, hess)
+            return Checked(out + checks, polished, free, hess)
         stepped = _newton_step(sub, x, lower, free, grad, hess)
         if stepped is None:
-            return out + checks, x
+            return Checked(out + checks, x, free, hess)
         x = stepped
-    return out, x  # not reached
+    return Checked(out, x)  # not reached
 
 
 def _newton_step(
