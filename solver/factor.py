@@ -89,13 +89,20 @@ class SchurFactor:
 
     def update(self, M: sp.csc_matrix) -> None:
         n1, p1 = self.n1, self.p1
-        D = _blocks_of(M[:n1, :n1], p1) + np.eye(p1)[None, :, :]
-        self.LD = np.linalg.cholesky(D)
-        self.Dinv = np.linalg.inv(D)
-        self.B = sp.csr_matrix(M[n1:, :n1])
-        self.BD = (self.B @ block_diagonal(self.Dinv)).tocsr()
-        lower = M[n1:, n1:].toarray()
-        S = lower + np.tril(lower, -1).T + np.eye(self.q - n1) - (self.BD @ self.B.T).toarray()
+        left, right = _column_split(M, n1)  # columns :n1 (D above, B below) and n1:
+        if p1 == 1:  # D is diagonal
+            d = left.diagonal() + 1.0
+            self.LD, self.Dinv = np.sqrt(d)[:, None, None], (1.0 / d)[:, None, None]
+            self.B = sp.csr_matrix(left[n1:])
+            self.BD = self.B.multiply(1.0 / d[None, :]).tocsr()
+        else:
+            D = _blocks_of(left[:n1], p1) + np.eye(p1)[None, :, :]
+            self.LD, self.Dinv = np.linalg.cholesky(D), np.linalg.inv(D)
+            self.B = sp.csr_matrix(left[n1:])
+            self.BD = (self.B @ block_diagonal(self.Dinv)).tocsr()
+        lower = right[n1:].toarray()
+        S = lower + np.tril(lower, -1).T - (self.BD @ self.B.T).toarray()
+        S[np.diag_indices_from(S)] += 1.0
         LS, info = lapack.dpotrf(S, lower=1, clean=1)
         if info != 0:
             raise np.linalg.LinAlgError("Schur complement is not positive definite")
@@ -155,6 +162,18 @@ class SchurFactor:
             for c in range(p):
                 out[:, a, c] += np.asarray(BDc[:, a::p].multiply(SBD[:, c::p]).sum(axis=0)).ravel()
         return out
+
+
+def _column_split(M: sp.csc_matrix, n1: int) -> tuple[sp.csc_matrix, sp.csc_matrix]:
+    """Columns :n1 and n1: of a CSC matrix, by slicing its arrays (no copy of indices)."""
+    cut = M.indptr[n1]
+    left = sp.csc_matrix(
+        (M.data[:cut], M.indices[:cut], M.indptr[: n1 + 1]), shape=(M.shape[0], n1)
+    )
+    right = sp.csc_matrix(
+        (M.data[cut:], M.indices[cut:], M.indptr[n1:] - cut), shape=(M.shape[0], M.shape[1] - n1)
+    )
+    return left, right
 
 
 def _blocks_of(M11: sp.csc_matrix, p: int) -> np.ndarray:

@@ -47,7 +47,11 @@ GLMM_DELTA = 1e-3
 
 
 class WeightedPass:
-    """Cross-products with per-iteration weights over the buffered rows."""
+    """Cross-products with per-iteration weights over the buffered rows.
+
+    Z'WZ keeps the pattern of Z'Z: each row's products z_a z_b (a <= b among its
+    non-zeros) are precomputed with their position in Z'Z's storage, so a pass is one
+    weighted ``bincount`` instead of a sparse matrix product."""
 
     def __init__(self, data: ModelData) -> None:
         rows = data.buffer
@@ -56,12 +60,30 @@ class WeightedPass:
         self.Z = z_matrix(rows, data.layout).tocsr()
         self.Zt = self.Z.T.tocsr()
         self.counts = data.cp.level_counts
+        pattern = data.cp.ZtZ.copy()
+        pattern.sort_indices()
+        self.indices, self.indptr, self.q = pattern.indices, pattern.indptr, pattern.shape[0]
+        self.pos, self.prod = self._pairs(pattern)
+
+    def _pairs(self, pattern: sp.csc_matrix) -> tuple[np.ndarray, np.ndarray]:
+        Z, q = self.Z, self.q
+        width = int(np.diff(Z.indptr).max())
+        cols = Z.indices.reshape(-1, width).astype(np.int64)
+        vals = Z.data.reshape(-1, width)
+        a, b = np.triu_indices(width)
+        lo, hi = np.minimum(cols[:, a], cols[:, b]), np.maximum(cols[:, a], cols[:, b])
+        col_of = np.repeat(np.arange(q, dtype=np.int64), np.diff(pattern.indptr))
+        keys = col_of * q + pattern.indices
+        pos = np.searchsorted(keys, lo * q + hi)
+        return pos.astype(np.int64), vals[:, a] * vals[:, b]
 
     def __call__(self, w: np.ndarray, z: np.ndarray, X: np.ndarray) -> CrossProducts:
-        WZ = self.Z.multiply(w[:, None]).tocsr()
+        data = np.bincount(
+            self.pos.ravel(), weights=(self.prod * w[:, None]).ravel(), minlength=len(self.indices)
+        )
         WX = X * w[:, None]
         return CrossProducts(
-            ZtZ=sp.tril(self.Zt @ WZ, format="csc"),
+            ZtZ=sp.csc_matrix((data, self.indices, self.indptr), shape=(self.q, self.q)),
             ZtX=np.asarray(self.Zt @ WX),
             ZtY=np.asarray(self.Zt @ (w * z)),
             XtX=X.T @ WX,
