@@ -90,17 +90,28 @@ class SchurFactor:
     def update(self, M: sp.csc_matrix) -> None:
         n1, p1 = self.n1, self.p1
         left, right = _column_split(M, n1)  # columns :n1 (D above, B below) and n1:
-        if p1 == 1:  # D is diagonal
-            d = left.diagonal() + 1.0
+        if p1 == 1:  # D is diagonal: the only entries of the left columns above row n1
+            below = left.indices >= n1
+            d = np.ones(n1)
+            cols = np.repeat(np.arange(n1), np.diff(left.indptr))
+            d[cols[~below]] += left.data[~below]
             self.LD, self.Dinv = np.sqrt(d)[:, None, None], (1.0 / d)[:, None, None]
-            self.B = sp.csr_matrix(left[n1:])
-            self.BD = self.B.multiply(1.0 / d[None, :]).tocsr()
+            Bc = sp.csc_matrix(
+                (left.data[below], left.indices[below] - n1, np.r_[0, np.cumsum(
+                    np.bincount(cols[below], minlength=n1))]),
+                shape=(self.q - n1, n1),
+            )  # fmt: skip
+            self.B = Bc.tocsr()
+            self.BD = sp.csr_matrix(Bc.multiply(1.0 / d[None, :]))
         else:
             D = _blocks_of(left[:n1], p1) + np.eye(p1)[None, :, :]
             self.LD, self.Dinv = np.linalg.cholesky(D), np.linalg.inv(D)
             self.B = sp.csr_matrix(left[n1:])
             self.BD = (self.B @ block_diagonal(self.Dinv)).tocsr()
-        lower = right[n1:].toarray()
+        # right columns hold rows >= n1 only (lower triangle): shift, no slicing
+        lower = sp.csc_matrix(
+            (right.data, right.indices - n1, right.indptr), shape=(self.q - n1,) * 2
+        ).toarray()
         S = lower + np.tril(lower, -1).T - (self.BD @ self.B.T).toarray()
         S[np.diag_indices_from(S)] += 1.0
         LS, info = lapack.dpotrf(S, lower=1, clean=1)
