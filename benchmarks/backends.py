@@ -146,14 +146,14 @@ def sparsemm_python() -> str:
 def run_sparsemm(problem: Problem, timeout: float | None = None, cache: Path = CACHE) -> Result:
     """Fit with the sparsemm CLI (in-process mode, JSON output)."""
     cmd = [sparsemm_python(), "-m", "sparsemm", "fit", "--data", str(problem.data)]
-    cmd += ["--formula", problem.formula, "--format", "json"]
+    cmd += ["--formula", problem.formula, "--format", "json", "--family", problem.family]
     cmd += [] if problem.reml else ["--ml"]
     child = run_child(cmd, timeout=timeout)
     if child.returncode != 0:
         raise _failure("sparsemm", child)
     out = last_json_line(child.stdout)
     timings = out.get("timings", {})
-    objective = out["reml_criterion"] if problem.reml else -2.0 * out["loglik"]
+    objective = out["reml_criterion"] if problem.method == "REML" else -2.0 * out["loglik"]
     extra = {
         "read_s": timings.get("read_s"),
         "fit_s": timings.get("fit_s"),
@@ -208,7 +208,7 @@ def run_lme4(problem: Problem, timeout: float | None = None, cache: Path = CACHE
         raise Skipped(reason)
     cmd = ["Rscript", str(LME4_SCRIPT), "--csv", str(csv_copy(problem.data, cache))]
     cmd += ["--formula", problem.formula, "--factors", ",".join(problem.factors)]
-    cmd += [] if problem.reml else ["--ml"]
+    cmd += ["--family", problem.family] + ([] if problem.reml else ["--ml"])
     child = run_child(cmd, timeout=timeout)
     if child.returncode == 3:
         raise Skipped("R package lme4 not installed")

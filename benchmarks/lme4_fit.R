@@ -12,7 +12,8 @@
 # Exit status 3 when lme4 is not installed, so the harness can skip it.
 
 parse_args <- function(args) {
-  out <- list(csv = NULL, formula = NULL, factors = character(0), ml = FALSE)
+  out <- list(csv = NULL, formula = NULL, factors = character(0), ml = FALSE,
+              family = "gaussian")
   i <- 1
   while (i <= length(args)) {
     key <- args[[i]]
@@ -25,6 +26,7 @@ parse_args <- function(args) {
     if (key == "--csv") out$csv <- value
     else if (key == "--formula") out$formula <- value
     else if (key == "--factors") out$factors <- strsplit(value, ",", fixed = TRUE)[[1]]
+    else if (key == "--family") out$family <- value
     else stop("unknown argument ", key)
     i <- i + 2
   }
@@ -72,7 +74,7 @@ json_object <- function(x) {
   paste0("{", paste(pairs, collapse = ","), "}")
 }
 
-fit <- function(formula, data, reml) {
+fit <- function(formula, data, reml, family = "gaussian") {
   notes <- character(0)
   keep <- function(cond) {
     notes <<- c(notes, conditionMessage(cond))
@@ -82,7 +84,11 @@ fit <- function(formula, data, reml) {
   model <- NULL
   timing <- system.time(
     model <- withCallingHandlers(
-      lme4::lmer(stats::as.formula(formula), data = data, REML = reml),
+      if (family == "gaussian") {
+        lme4::lmer(stats::as.formula(formula), data = data, REML = reml)
+      } else {
+        lme4::glmer(stats::as.formula(formula), data = data, family = family)
+      },
       warning = keep, message = keep
     )
   )
@@ -90,6 +96,7 @@ fit <- function(formula, data, reml) {
 }
 
 summarise <- function(run, reml, read_seconds) {
+  reml <- reml && lme4::isLMM(run$model)
   m <- run$model
   conv <- m@optinfo$conv$lme4$messages
   optimizer <- m@optinfo$message
@@ -100,7 +107,7 @@ summarise <- function(run, reml, read_seconds) {
     method = if (reml) "REML" else "ML",
     objective = if (reml) remlcrit else -2 * loglik,
     reml_criterion = remlcrit, deviance = if (reml) NA else stats::deviance(m),
-    loglik = loglik, sigma = stats::sigma(m), theta = as.list(unname(lme4::getME(m, "theta"))),
+    loglik = loglik, sigma = if (lme4::isLMM(m)) stats::sigma(m) else NA, theta = as.list(unname(lme4::getME(m, "theta"))),
     fixef = as.list(lme4::fixef(m)), singular = lme4::isSingular(m),
     converged = length(conv) == 0 && length(run$notes) == 0,
     messages = as.list(unique(c(conv, run$notes))), optimizer_message = optimizer,
@@ -116,7 +123,7 @@ main <- function() {
   }
   args <- parse_args(commandArgs(trailingOnly = TRUE))
   read_timing <- system.time(data <- read_data(args$csv, args$factors))
-  run <- fit(args$formula, data, reml = !args$ml)
+  run <- fit(args$formula, data, reml = !args$ml, family = args$family)
   cat(json_value(summarise(run, !args$ml, unname(read_timing[["elapsed"]]))), "\n", sep = "")
 }
 

@@ -31,9 +31,12 @@ class Problem:
     reml: bool = True
     factors: tuple[str, ...] = ()
     ehr_rows: int | None = None  # synthetic: generate ``data`` with this many rows
+    family: str = "gaussian"
 
     @property
     def method(self) -> str:
+        if self.family != "gaussian":
+            return "Laplace"
         return "REML" if self.reml else "ML"
 
 
@@ -48,6 +51,14 @@ def ehr(name: str, rows: int, cache: Path = CACHE) -> Problem:
     )
 
 
+def ehr_binary(name: str, rows: int, cache: Path = CACHE) -> Problem:
+    """The synthetic EHR adverse-event GLMM (binomial, Laplace) with ``rows`` encounters."""
+    base = ehr(name, rows, cache)
+    return Problem(
+        name, base.data, ehr_generator.ADVERSE_FORMULA, False, base.factors, rows, "binomial"
+    )
+
+
 def all_problems(cache: Path = CACHE) -> dict[str, Problem]:
     """Every known problem by name, in the order they are run."""
     insteval = REPO / "tests" / "data" / "InstEval.parquet"
@@ -57,6 +68,8 @@ def all_problems(cache: Path = CACHE) -> dict[str, Problem]:
         ehr("ehr_100k", 100_000, cache),
         ehr("ehr_1m", 1_000_000, cache),
         ehr("ehr_10m", 10_000_000, cache),
+        ehr_binary("ehr_binary_100k", 100_000, cache),
+        ehr_binary("ehr_binary_1m", 1_000_000, cache),
     ]
     return {p.name: p for p in problems}
 
