@@ -18,4 +18,5 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python proto/generate.py --force >/dev/null  # gRPC stubs with the venv's protoc
 .venv/bin/python -c "import sksparse.cholmod, sparsemm.solver" >/dev/null

@@ -105,7 +105,8 @@ class SchurFactor:
             self.BD = sp.csr_matrix(Bc.multiply(1.0 / d[None, :]))
         else:
             D = _blocks_of(left[:n1], p1) + np.eye(p1)[None, :, :]
-            self.LD, self.Dinv = np.linalg.cholesky(D), np.linalg.inv(D)
+            self.LD = np.asarray(np.linalg.cholesky(D), dtype=np.float64)
+            self.Dinv = np.asarray(np.linalg.inv(D), dtype=np.float64)
             self.B = sp.csr_matrix(left[n1:])
             self.BD = (self.B @ block_diagonal(self.Dinv)).tocsr()
         # right columns hold rows >= n1 only (lower triangle): shift, no slicing

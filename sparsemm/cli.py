@@ -1,6 +1,8 @@
-"""The ``sparsemm`` command: ``sparsemm fit ...`` (DESIGN.md §5).
+"""The ``sparsemm`` command: ``sparsemm fit ...`` and ``sparsemm serve ...`` (DESIGN.md §5).
 
-Exit status 0 on success, 2 on bad input with one line on stderr naming the fault.
+``fit --server HOST:PORT`` fits through the thin client (``sparsemm_client``) and prints
+the same text or JSON as an in-process fit.  Exit status 0 on success, 2 on bad input
+with one line on stderr naming the fault (1 when the server cannot be reached).
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -39,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--weights", default=None, help="column of prior weights")
     f.add_argument("--format", default="text", choices=["text", "json"])
     f.add_argument("--server", default=None, help="HOST:PORT of a sparsemm server")
+    f.add_argument(
+        "--token-file",
+        default=None,
+        help="file holding the server's bearer token (default: $SPARSEMM_TOKEN)",
+    )
+    f.add_argument("--tls-ca", default=None, help="CA certificate (PEM) of a TLS server")
     f.add_argument("--ranef", default=None, help="write conditional modes to PATH.parquet")
     f.add_argument(
         "--fitted", default=None, help="write fitted values and residuals to PATH.parquet"
@@ -49,13 +58,46 @@ def _parser() -> argparse.ArgumentParser:
         choices=["auto", "schur", "metis", "amd", "nesdis", "best", "natural"],
     )
     f.add_argument("--quiet", action="store_true", help="no progress bars")
+    _serve_parser(sub)
     return p
+
+
+def _serve_parser(sub: Any) -> None:
+    s = sub.add_parser("serve", help="run the gRPC service")
+    s.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT to listen on")
+    s.add_argument(
+        "--data-root",
+        action="append",
+        required=True,
+        dest="data_roots",
+        metavar="DIR",
+        help="a directory remote fits may read (repeatable)",
+    )
+    s.add_argument(
+        "--state",
+        default="sparsemm-state.duckdb",
+        help="DuckDB file keeping jobs and results across restarts",
+    )
+    s.add_argument("--token-file", default=None, help="bearer tokens, one 'NAME TOKEN' a line")
+    s.add_argument("--tls-cert", default=None, help="server certificate (PEM)")
+    s.add_argument("--tls-key", default=None, help="server private key (PEM)")
+    s.add_argument(
+        "--tls-client-ca",
+        default=None,
+        help="require client certificates signed by this CA (mutual TLS)",
+    )
+    s.add_argument("--workers", type=int, default=2, help="fits running at once")
+    s.add_argument("--max-queue", type=int, default=64, help="jobs waiting before refusal")
+    s.add_argument("--grace", type=float, default=10.0, help="seconds to finish on shutdown")
+    s.add_argument("--max-upload-mb", type=int, default=4096, help="largest upload accepted")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
     try:
-        return _fit(args)
+        return _fit_remote(args) if args.server else _fit(args)
     except (solver.InputError, BadInput) as exc:
         print(f"sparsemm: error: {exc}", file=sys.stderr)
         return 2
@@ -64,9 +106,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from sparsemm.server import ConfigError, ServerConfig, serve
+
+    config = ServerConfig(
+        listen=args.listen, data_roots=tuple(args.data_roots), state=args.state,
+        token_file=args.token_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca, workers=args.workers, max_queue=args.max_queue,
+        grace_s=args.grace, max_upload_bytes=args.max_upload_mb << 20,
+    )  # fmt: skip
+    try:
+        return serve(config)
+    except ConfigError as exc:
+        print(f"sparsemm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as f:
+                return f.read().strip() or None
+        except OSError as exc:
+            raise BadInput(f"--token-file {args.token_file}: {exc.strerror}") from None
+    return os.environ.get("SPARSEMM_TOKEN") or None
+
+
+def _fit_remote(args: argparse.Namespace) -> int:
+    """``_fit`` on a server, through the thin client: the same text or JSON."""
+    from sparsemm_client import Client, SparsemmError
+
+    _check_options(args)
+    show = not args.quiet and sys.stderr.isatty()
+    try:
+        with Client(args.server, token=_token(args), tls_ca=args.tls_ca) as client:
+            with _Progress(show) as prog:
+                fit = client.fit(
+                    args.formula, args.data, ml=args.ml, weights=args.weights,
+                    family=args.family, link=args.link, ordering=args.ordering,
+                    ranef=bool(args.ranef), fitted=bool(args.fitted),
+                    residual_quantiles=args.format == "text", progress=prog.event,
+                )  # fmt: skip
+            if args.ranef:
+                pq.write_table(fit.ranef(), args.ranef)
+            if args.fitted:
+                pq.write_table(fit.fitted(), args.fitted)
+    except SparsemmError as exc:
+        print(f"sparsemm: error: {exc.message}", file=sys.stderr)
+        return 2 if exc.bad_input else 1
+    if args.format == "json":
+        print(fit.to_json())
+    else:
+        sys.stdout.write(fit.summary(args.data))
+    return 0
+
+
 def _check_options(args: argparse.Namespace) -> None:
-    if args.server:
-        raise BadInput("--server: the service is not available in this version; fit in-process")
     if args.family == "gaussian" and args.link not in (None, "identity"):
         raise BadInput(f"--link {args.link}: the gaussian family uses the identity link")
 
@@ -148,6 +243,13 @@ class _Progress:
         if self._rows is None:
             self._rows = tqdm(desc="rows read", unit=" rows", unit_scale=True, file=sys.stderr)
         self._rows.update(done - self._rows.n)
+
+    def event(self, progress: Any) -> None:
+        """A progress event from a server (``sparsemm_client.Progress``)."""
+        if progress.kind == "rows":
+            self.rows(progress.stage, progress.rows)
+        else:
+            self.iteration(progress.evaluation, progress.objective)
 
     def iteration(self, k: int, value: float) -> None:
         if not self.show:

@@ -1,0 +1,148 @@
+"""A fit as the server returned it, with lme4-like accessors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from sparsemm.v1 import sparsemm_pb2 as pb
+
+from .summary import format_summary
+
+if TYPE_CHECKING:
+    from .client import Client
+
+
+@dataclass(frozen=True)
+class JobError:
+    code: str
+    message: str
+    field: str
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    state: str  # QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED
+    source: str
+    formula: str
+    created_unix: float
+    started_unix: float | None
+    finished_unix: float | None
+    error: JobError | None
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("SUCCEEDED", "FAILED", "CANCELLED")
+
+    @staticmethod
+    def from_proto(msg: pb.Job) -> Job:
+        error = None
+        if msg.HasField("error"):
+            error = JobError(msg.error.code, msg.error.message, msg.error.field)
+        return Job(
+            job_id=msg.job_id,
+            state=pb.JobState.Name(msg.state).removeprefix("JOB_STATE_"),
+            source=msg.source,
+            formula=msg.model.formula,
+            created_unix=msg.created_unix,
+            started_unix=msg.started_unix or None,
+            finished_unix=msg.finished_unix or None,
+            error=error,
+        )
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress event: rows read in a pass, or an evaluation of the objective."""
+
+    kind: str  # "rows" | "iteration"
+    stage: str = ""
+    rows: int = 0
+    evaluation: int = 0
+    objective: float = float("nan")
+
+    @staticmethod
+    def from_proto(msg: pb.Progress) -> Progress:
+        if msg.WhichOneof("event") == "rows_read":
+            return Progress("rows", stage=msg.rows_read.stage, rows=msg.rows_read.rows)
+        it = msg.iteration
+        return Progress("iteration", evaluation=it.evaluation, objective=it.objective)
+
+
+class FitResult:
+    """The result of a remote fit.
+
+    ``to_dict()`` is the JSON contract of DESIGN.md §5, exactly as ``sparsemm fit
+    --format json`` prints it; ``fixef``, ``varcorr``, ``theta``, ``sigma`` ... read
+    it; ``ranef()`` and ``fitted()`` fetch the big tables from the server.
+    """
+
+    def __init__(
+        self, message: pb.FitResult, job_id: str, client: Client | None, data_name: str = ""
+    ) -> None:
+        self.message = message
+        self.job_id = job_id
+        self.data_name = data_name
+        self._client = client
+
+    @cached_property
+    def _dict(self) -> dict[str, Any]:
+        return dict(json.loads(self.message.result_json))
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(self.message.result_json)  # a fresh copy
+
+    def to_json(self) -> str:
+        return str(self.message.result_json)
+
+    def __getattr__(self, name: str) -> Any:
+        # the contract's scalars: formula, nobs, ngroups, theta, sigma, loglik, aic, ...
+        if name.startswith("_") or name not in self._dict:
+            raise AttributeError(name)
+        return self._dict[name]
+
+    @property
+    def fixef(self) -> dict[str, float]:
+        """Fixed-effect estimates by term (lme4's ``fixef``)."""
+        return {fe["term"]: fe["estimate"] for fe in self._dict["fixed_effects"]}
+
+    @property
+    def varcorr(self) -> list[dict[str, Any]]:
+        """Variance components, as lme4's ``as.data.frame(VarCorr(m))``."""
+        return [dict(vc) for vc in self._dict["variance_components"]]
+
+    @property
+    def residual_quantiles(self) -> list[float]:
+        return list(self.message.residual_quantiles)
+
+    def summary(self, data_name: str | None = None) -> str:
+        """lme4's ``summary(m)`` as text (scaled residuals when the fit kept them)."""
+        name = self.data_name if data_name is None else data_name
+        return format_summary(self._dict, name, self.residual_quantiles or None)
+
+    def ranef(self) -> pa.Table:
+        """Conditional modes and SDs: group, level, term, condval, condsd."""
+        return self._need_client().ranef(self.job_id)
+
+    def fitted(self) -> pa.Table:
+        """Fitted values and residuals in row order (fit with ``fitted=True``)."""
+        return self._need_client().fitted(self.job_id)
+
+    def to_pandas(self) -> Any:
+        """The fixed effects as a pandas DataFrame (term, estimate, std_error, statistic)."""
+        import pandas as pd
+
+        return pd.DataFrame(self._dict["fixed_effects"])
+
+    def _need_client(self) -> Client:
+        if self._client is None:
+            raise RuntimeError("this result is detached from its client")
+        return self._client
+
+    def __repr__(self) -> str:
+        return f"<sparsemm FitResult job={self.job_id} formula={self._dict['formula']!r}>"

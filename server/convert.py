@@ -1,0 +1,239 @@
+"""The one place that converts between protobuf messages and the solver's types.
+
+Requests become a validated ``FitTask`` (plain data for a worker process); the
+solver's result, kept as the JSON contract, becomes a ``FitResult`` message that
+also carries that JSON verbatim; job records become ``Job`` messages; Arrow tables
+become ``ArrowBatch`` messages, each a self-contained IPC stream under a size cap.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sparsemm.v1 import sparsemm_pb2 as pb
+
+from .errors import invalid
+from .store import JobRecord
+from .task import FitTask, SourceRef
+
+MAX_FORMULA_CHARS = 10_000
+MAX_NAME_CHARS = 1_000
+ARROW_MESSAGE_BYTES = 1 << 20  # target size of one ArrowBatch (well under the gRPC limit)
+
+
+def _word(enum: Any, value: int, prefix: str, field: str) -> str | None:
+    """The lower-case word of an enum value; None for UNSPECIFIED."""
+    try:
+        name = enum.Name(value)
+    except ValueError:
+        raise invalid(f"{field}: unknown value {value}", field) from None
+    word = name[len(prefix) :].lower()
+    return None if word == "unspecified" else word
+
+
+def _value(enum: Any, prefix: str, word: str) -> int:
+    """The enum value of a word ("gaussian", "REML", ...); UNSPECIFIED if unknown."""
+    try:
+        return int(enum.Value(prefix + word.upper()))
+    except ValueError:
+        return 0
+
+
+def fit_task(
+    job_id: str, source: SourceRef, model: pb.ModelSpec, outputs: pb.OutputOptions, out_dir: str
+) -> FitTask:
+    """Validate a model spec (field names as in the request) and make the worker's task."""
+    formula = model.formula.strip()
+    if not formula:
+        raise invalid("model.formula is empty", "model.formula")
+    if len(formula) > MAX_FORMULA_CHARS:
+        raise invalid(
+            f"model.formula is longer than {MAX_FORMULA_CHARS} characters", "model.formula"
+        )
+    family = _word(pb.Family, model.family, "FAMILY_", "model.family") or "gaussian"
+    link = _word(pb.Link, model.link, "LINK_", "model.link")
+    method = _word(pb.Method, model.method, "METHOD_", "model.method")
+    if family == "gaussian":
+        if link not in (None, "identity"):
+            raise invalid(f"link {link}: the gaussian family uses the identity link", "model.link")
+        if method not in (None, "reml", "ml"):
+            message = f"method {method}: a gaussian model is fitted by REML or ML"
+            raise invalid(message, "model.method")
+    elif method not in (None, "ml", "laplace"):
+        message = f"method {method}: a {family} model is fitted by the Laplace approximation"
+        raise invalid(message, "model.method")
+    if len(model.weights) > MAX_NAME_CHARS:
+        raise invalid("model.weights is too long", "model.weights")
+    ordering = _word(pb.Ordering, model.ordering, "ORDERING_", "model.ordering") or "auto"
+    return FitTask(
+        job_id=job_id,
+        source=source,
+        formula=formula,
+        family=family,
+        link=link,
+        reml=family == "gaussian" and method in (None, "reml"),
+        weights=model.weights or None,
+        ordering=ordering,
+        ranef=outputs.ranef,
+        fitted=outputs.fitted,
+        residual_quantiles=outputs.residual_quantiles,
+        out_dir=out_dir,
+    )
+
+
+def model_spec(task: FitTask) -> pb.ModelSpec:
+    method = pb.METHOD_REML if task.reml else pb.METHOD_ML
+    return pb.ModelSpec(
+        formula=task.formula,
+        family=_value(pb.Family, "FAMILY_", task.family),
+        link=_value(pb.Link, "LINK_", task.link or "unspecified"),
+        method=method if task.family == "gaussian" else pb.METHOD_LAPLACE,
+        weights=task.weights or "",
+        ordering=_value(pb.Ordering, "ORDERING_", task.ordering),
+    )
+
+
+def job(rec: JobRecord) -> pb.Job:
+    task = rec.task
+    msg = pb.Job(
+        job_id=rec.job_id,
+        state=_value(pb.JobState, "JOB_STATE_", rec.state),
+        source=rec.source_name,
+        model=model_spec(task),
+        outputs=pb.OutputOptions(
+            ranef=task.ranef, fitted=task.fitted, residual_quantiles=task.residual_quantiles
+        ),
+        created_unix=rec.created_unix,
+        started_unix=rec.started_unix or 0.0,
+        finished_unix=rec.finished_unix or 0.0,
+    )
+    if rec.error_code:
+        msg.error.CopyFrom(
+            pb.JobError(
+                code=rec.error_code, message=rec.error_message or "", field=rec.error_field or ""
+            )
+        )
+    return msg
+
+
+def _num(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def _set(d: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The keys of ``d`` whose values are not None (optional fields left unset)."""
+    return {k: d[k] for k in keys if d.get(k) is not None}
+
+
+def fit_result(result_json: str, extras: dict[str, Any]) -> pb.FitResult:
+    """The result message from the contract JSON (kept verbatim in ``result_json``)."""
+    d = json.loads(result_json)
+    msg = pb.FitResult(
+        formula=d["formula"],
+        family=_value(pb.Family, "FAMILY_", d["family"]),
+        link=_value(pb.Link, "LINK_", d["link"]),
+        method=_value(pb.Method, "METHOD_", d["method"]),
+        nobs=d["nobs"],
+        ngroups=[pb.GroupCount(group=g, levels=n) for g, n in d["ngroups"].items()],
+        fixed_effects=[
+            pb.FixedEffect(
+                term=fe["term"],
+                estimate=_num(fe["estimate"]),
+                std_error=_num(fe["std_error"]),
+                statistic=_num(fe["statistic"]),
+            )
+            for fe in d["fixed_effects"]
+        ],
+        variance_components=[
+            pb.VarianceComponent(
+                group=vc["group"], **_set(vc, "term", "term2", "variance", "sd", "corr")
+            )
+            for vc in d["variance_components"]
+        ],
+        theta=[_num(t) for t in d["theta"]],
+        loglik=_num(d["loglik"]),
+        aic=_num(d["aic"]),
+        bic=_num(d["bic"]),
+        deviance=_num(d["deviance"]),
+        converged=d["converged"],
+        singular=d["singular"],
+        messages=d["messages"],
+        residual_quantiles=extras.get("residual_quantiles", []),
+        result_json=result_json,
+        **_set(d, "sigma", "reml_criterion"),
+    )
+    if "diagnostics" in d:
+        msg.diagnostics.CopyFrom(_diagnostics(d["diagnostics"]))
+    if "timings" in d:
+        msg.timings.CopyFrom(
+            pb.Timings(
+                **{
+                    k: _num(v)
+                    for k, v in d["timings"].items()
+                    if k in ("read_s", "fit_s", "total_s")
+                }
+            )
+        )
+    return msg
+
+
+def _diagnostics(d: dict[str, Any]) -> pb.FitDiagnostics:
+    checks = [
+        pb.Diagnostic(
+            code=c["code"],
+            severity=_value(pb.Severity, "SEVERITY_", c["severity"]),
+            message=c["message"],
+            **_set(c, "value", "tolerance"),
+        )
+        for c in d.get("checks", [])
+    ]
+    return pb.FitDiagnostics(
+        checks=checks,
+        optimizer=d.get("optimizer", ""),
+        evaluations=d.get("evaluations", 0),
+        q=d.get("q", 0),
+        nnz_ztz=d.get("nnz_ZtZ", 0),
+        nnz_l=d.get("nnz_L", 0),
+        ordering=d.get("ordering", ""),
+    )
+
+
+def state_word(value: int) -> str | None:
+    """A JobState filter as the store spells it ("SUCCEEDED"); None for UNSPECIFIED."""
+    word = _word(pb.JobState, value, "JOB_STATE_", "state")
+    return None if word is None else word.upper()
+
+
+def progress(event: tuple[Any, ...]) -> pb.Progress:
+    """A worker's progress message: ("rows", stage, rows) or ("iteration", k, objective)."""
+    if event[0] == "rows":
+        return pb.Progress(rows_read=pb.RowsRead(stage=event[1], rows=event[2]))
+    return pb.Progress(iteration=pb.OptimizerIteration(evaluation=event[1], objective=event[2]))
+
+
+def arrow_batches(path: str, max_bytes: int = ARROW_MESSAGE_BYTES) -> Iterator[pb.ArrowBatch]:
+    """A Parquet file as ArrowBatch messages of about ``max_bytes`` each."""
+    reader = pq.ParquetFile(path)
+    sent = False
+    for batch in reader.iter_batches(batch_size=65_536):
+        rows = max(1, int(batch.num_rows * max_bytes / max(batch.nbytes, 1)))
+        for offset in range(0, batch.num_rows, rows):
+            part = batch.slice(offset, rows)
+            sent = True
+            yield pb.ArrowBatch(row_count=part.num_rows, data=_ipc_stream(part))
+    if not sent:  # an empty table still tells its schema
+        empty = pa.RecordBatch.from_pylist([], schema=reader.schema_arrow)
+        yield pb.ArrowBatch(row_count=0, data=_ipc_stream(empty))
+
+
+def _ipc_stream(batch: pa.RecordBatch) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
