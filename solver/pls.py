@@ -25,9 +25,17 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg as la
 import scipy.sparse as sp
+from sksparse.cholmod import CholmodTooLargeError
 
 from .crossprod import CrossProducts, TermLayout
+from .errors import InputError
 from .factor import MAX_DENSE_SCHUR, CholmodFactor, SchurFactor
+
+MAX_DENSE_BYTES = 4 * 2**30  # a trailing block that fills in densely beyond this is refused
+
+
+class FactorTooLarge(InputError):
+    """The exact factor would not fit in memory or time; names the size."""
 
 
 def lower_colmajor(p: int) -> tuple[np.ndarray, np.ndarray]:
@@ -227,9 +235,26 @@ def choose_factor(M0: sp.csc_matrix, layout: TermLayout, ordering: str):
     n2 = layout.q - n1
     if ordering not in ("auto", "schur"):
         return CholmodFactor(M0, ordering)
-    if n2 <= MAX_DENSE_SCHUR and (ordering == "schur" or _schur_density(M0, n1) >= 0.05):
+    density = 1.0 if ordering == "schur" else _schur_density(M0, n1)
+    if n2 <= MAX_DENSE_SCHUR and density >= 0.05:
         return SchurFactor(layout.p[0], n1, layout.q)
-    return CholmodFactor(M0, "metis")
+    if density >= 0.01 and 4.0 * n2 * n2 > MAX_DENSE_BYTES:
+        raise _too_large(n2)
+    try:
+        return CholmodFactor(M0, "metis")
+    except CholmodTooLargeError:
+        raise _too_large(n2) from None
+
+
+def _too_large(n2: int) -> FactorTooLarge:
+    """Crossed factors fill the trailing block in: say how big it would be."""
+    return FactorTooLarge(
+        f"the exact fit needs the Cholesky factor of a {n2:,} x {n2:,} block that fills "
+        f"in (~{4.0 * n2 * n2 / 2**30:.0f} GiB dense, ~{n2**3 / 3:.0e} flops per optimizer "
+        "step): too large for the sparse Cholesky path on this machine; an iterative "
+        "path for crossed designs at this scale is not available yet",
+        "formula",
+    )
 
 
 def _schur_density(M0: sp.csc_matrix, n1: int) -> float:

@@ -85,3 +85,15 @@ def test_unwritable_output_exits_2(capsys, tmp_path) -> None:
     args = ["fit", "--quiet", "--data", str(path), "--formula", "y ~ x + (1 | g)"]
     assert main([*args, "--ranef", str(tmp_path / "no" / "such" / "dir.parquet")]) == 2
     assert "sparsemm: error:" in capsys.readouterr().err
+
+
+def test_exact_factor_too_large_is_refused_clearly(monkeypatch) -> None:
+    """A crossed design whose trailing block fills in beyond the budget gets a clear
+    error naming the size, instead of hours of factorization or an out-of-memory kill."""
+    from sparsemm.solver import pls
+
+    monkeypatch.setattr(pls, "MAX_DENSE_SCHUR", 5)
+    monkeypatch.setattr(pls, "MAX_DENSE_BYTES", 100)
+    data = solver.prepare("y ~ x + (1 | g) + (1 | a)", crossed())
+    with pytest.raises(pls.FactorTooLarge, match="8 x 8 block"):
+        LinearMixedModel(data)
