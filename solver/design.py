@@ -82,6 +82,7 @@ class Design:
     weights: str | None
     info: FrameInfo
     trials_spec: object | None = None
+    response: str = "response"
 
     def rows(self, batch: pa.RecordBatch) -> ModelRows:
         """Model rows of one clean batch (no missing values)."""
@@ -92,14 +93,18 @@ class Design:
         offset = self._offset(frame)
         if offset is not None:
             y = y - offset
-        _check_finite(X, self.fixed_names)
-        _check_finite(y[:, None], ("response",))
         w = None
         if self.weights is not None:
             w = np.asarray(frame[self.weights], dtype=np.float64)
         if self.trials_spec is not None:
-            trials = np.asarray(_evaluate(self.trials_spec, frame, "cbind"))[:, 0]
+            trials = np.asarray(_evaluate(self.trials_spec, frame, "cbind"), float)[:, 0]
+            _check_finite(trials[:, None], (f"the trials of {self.response}",))
+            if np.any(trials < 0):
+                raise DataError(f"{self.response} has a negative number of trials", "response")
+            y = np.where(trials == 0, 0.0, y)  # no trials: weight 0, as R's binomial()
             w = trials if w is None else w * trials
+        _check_finite(X, self.fixed_names)
+        _check_finite(y[:, None], (self.response,))
         codes = tuple(self._codes(batch, t) for t in self.terms)
         values = tuple(self._values(frame, t) for t in self.terms)
         return ModelRows(X, y, w, offset, codes, values)
@@ -234,7 +239,8 @@ def build_design(
     if formula.trials is not None:
         trials = build_spec(f"0 + I({_to_python(formula.trials)})", frame, "cbind")
     _check_lhs(fixed_spec, formula.response)
-    return Design(fixed_names, fixed_spec, offsets, term_designs, weights, info, trials)
+    response = formula.text.split("~")[0].strip()
+    return Design(fixed_names, fixed_spec, offsets, term_designs, weights, info, trials, response)
 
 
 def _check_lhs(spec, response: str) -> None:

@@ -86,6 +86,7 @@ class SchurFactor:
     def __init__(self, p1: int, n1: int, q: int) -> None:
         self.p1, self.n1, self.q = p1, n1, q
         self._Sinv: np.ndarray | None = None
+        self._Linv: np.ndarray | None = None
 
     def update(self, M: sp.csc_matrix) -> None:
         n1, p1 = self.n1, self.p1
@@ -119,7 +120,7 @@ class SchurFactor:
         if info != 0:
             raise np.linalg.LinAlgError("Schur complement is not positive definite")
         self.LS = LS
-        self._Sinv = None
+        self._Sinv = self._Linv = None
 
     def blas_limits(self) -> dict[str, int] | None:
         """Threads pay off only for a large dense Schur complement (LAPACK via scipy)."""
@@ -148,6 +149,15 @@ class SchurFactor:
     def nnz_L(self) -> int:
         n2 = self.q - self.n1
         return int(self.n1 * (self.p1 + 1) // 2 + self.B.nnz + n2 * (n2 + 1) // 2)
+
+    def inverse_factor(self) -> np.ndarray:
+        """L_S^-1 (dense lower triangular), computed once per update."""
+        if self._Linv is None:
+            Linv, info = lapack.dtrtri(self.LS, lower=1)
+            if info != 0:
+                raise np.linalg.LinAlgError("Schur factor is singular")
+            self._Linv = np.tril(Linv)
+        return self._Linv
 
     def schur_inverse(self) -> np.ndarray:
         """S^-1 (dense), computed once per update."""

@@ -8,9 +8,8 @@ reweighted least squares (PIRLS) finds the conditional modes:
     (beta, u) <- PLS with weights w and response z     (the LMM core, reweighted rows)
     pdev = sum dev_resids(y, mu, wt) + |u|^2           step-halving while pdev increases
 
-    Laplace deviance  d(theta, beta) = sum dev_resids + |u|^2 + log|L|^2 + c
-                      = -2 log-likelihood (Laplace), as lme4's devfun; the constant
-                      c = family aic - sum dev_resids does not depend on mu
+    Laplace deviance  d(theta, beta) = family aic(y, mu) + |u|^2 + log|L|^2
+                      = -2 log-likelihood (Laplace), as lme4's devfun
 
 Stage 1 (nAGQ = 0) minimises d over theta with beta inside PIRLS; stage 2 minimises
 d over (theta, beta) with PIRLS over u only.  Each PIRLS step is a weighted pass over
@@ -106,6 +105,7 @@ class PirlsState:
     eta: np.ndarray
     devres: float = math.inf
     logdet: float = 0.0
+    aic: float = math.inf
     iterations: int = 0
     converged: bool = True
 
@@ -128,11 +128,12 @@ class GeneralizedLinearMixedModel:
         fam.validate(self.y, self.wt, data.formula.response)
         self.passes = WeightedPass(data)
         self.tmap = ThetaMap.build(data.layout)
-        mu0 = fam.initial_mu(self.y, self.wt)
-        eta0 = fam.link.linkfun(mu0)
-        self.saturated = fam.aic(self.y, mu0, self.wt) - float(
-            np.sum(fam.dev_resids(self.y, mu0, self.wt))
-        )
+        eta0 = fam.link.linkfun(fam.initial_mu(self.y, self.wt))
+        self.notes: list[str] = []
+        if fam.name == "binomial" and np.any(
+            np.abs(self.wt * self.y - np.round(self.wt * self.y)) > 1e-7
+        ):
+            self.notes.append("non-integer #successes in a binomial glm!")
         self.pls = PLS(self._weighted(eta0, None), self.tmap, ordering)
         p, q = self.passes.X.shape[1], data.layout.q
         self.state = PirlsState(np.zeros(q), np.zeros(p), eta0)
@@ -178,7 +179,8 @@ class GeneralizedLinearMixedModel:
         # log|L|^2 with the weights at the modes, not at wherever PIRLS started from
         self.pls.set_crossproducts(self._weighted(eta, beta if beta is not None else bcur))
         logdet = self.pls.solve(theta).logdet_L
-        self.state = PirlsState(u, bcur, eta, devres, logdet, it, it < PIRLS_MAXIT)
+        aic = self.family.aic(self.y, mu, self.wt)
+        self.state = PirlsState(u, bcur, eta, devres, logdet, aic, it, it < PIRLS_MAXIT)
         return self.state
 
     def _step_halving(self, theta, u0, b0, u1, b1, old: float):
@@ -197,7 +199,7 @@ class GeneralizedLinearMixedModel:
             st = self.pirls(np.asarray(theta, float), beta)
         except np.linalg.LinAlgError:
             return math.inf
-        return st.devres + float(st.u @ st.u) + st.logdet + self.saturated
+        return st.aic + float(st.u @ st.u) + st.logdet
 
     def fit(self, control: Control = Control(), progress: Progress | None = None) -> GLMMFit:
         started = time.perf_counter()

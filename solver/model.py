@@ -84,7 +84,7 @@ def prepare(
     layout = _layout(design)
     _check_levels(design, info)
     rows: Iterator[ModelRows] = (
-        _checked_weights(r, weights)
+        _checked_weights(r, weights, family)
         for r in model_rows(source, columns, design, batch_rows, progress)
     )
     kept_rows: list[ModelRows] | None = [] if family != "gaussian" else None
@@ -208,9 +208,14 @@ def _check_levels(design: Design, info: FrameInfo) -> None:
             )  # fmt: skip
 
 
-def _checked_weights(rows: ModelRows, weights: str | None) -> ModelRows:
-    if rows.w is not None and not np.all(rows.w > 0):
-        raise DataError(f"weights column '{weights}' has values <= 0", weights or "weights")
+def _checked_weights(rows: ModelRows, weights: str | None, family: str) -> ModelRows:
+    """Prior weights: positive for LMMs (log w enters the likelihood), >= 0 for GLMMs."""
+    if rows.w is None:
+        return rows
+    ok = rows.w > 0 if family == "gaussian" else rows.w >= 0
+    if not np.all(ok):
+        bound = "<= 0" if family == "gaussian" else "< 0"
+        raise DataError(f"weights column '{weights}' has values {bound}", weights or "weights")
     return rows
 
 

@@ -242,6 +242,7 @@ def glmm_result(
         converged=not warned,
         singular=any(d.code == "singular" for d in checks),
         messages=list(data.messages)
+        + model.notes
         + [d.message for d in checks if d.severity != "info" or d.code == "singular"],
         diagnostics=FitDiagnostics(
             checks=checks,

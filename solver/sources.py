@@ -117,7 +117,7 @@ class DuckDBSource:
             )
             yield from reader
         except duckdb.Error as exc:
-            raise InputError(f"cannot read {self.description}: {exc}", "data") from None
+            raise InputError(f"cannot read {self.description}: {_one_line(exc)}", "data") from None
         finally:
             con.close()
 
@@ -127,7 +127,7 @@ class DuckDBSource:
             sql = f"SELECT * FROM ({self.relation_sql}) AS src LIMIT 0"
             return con.sql(sql).to_arrow_reader(1).schema
         except duckdb.Error as exc:
-            raise InputError(f"cannot read {self.description}: {exc}", "data") from None
+            raise InputError(f"cannot read {self.description}: {_one_line(exc)}", "data") from None
         finally:
             con.close()
 
@@ -136,6 +136,10 @@ class DuckDBSource:
         for batch in self._read(select, batch_rows):
             if batch.num_rows:
                 yield batch
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _quote(name: str) -> str:
@@ -160,7 +164,10 @@ def open_source(spec: str | pa.Table | Source) -> Source:
 
 
 def _sql_source(query: str) -> Source:
-    statements = duckdb.extract_statements(query) if query else []
+    try:
+        statements = duckdb.extract_statements(query) if query else []
+    except duckdb.Error as exc:
+        raise InputError(f"cannot parse the sql: source: {_one_line(exc)}", "data") from None
     if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
         raise InputError("an sql: source must be exactly one SELECT statement", "data")
     return DuckDBSource(query, None, "sql query")

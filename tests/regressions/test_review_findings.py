@@ -97,3 +97,27 @@ def test_exact_factor_too_large_is_refused_clearly(monkeypatch) -> None:
     data = solver.prepare("y ~ x + (1 | g) + (1 | a)", crossed())
     with pytest.raises(pls.FactorTooLarge, match="8 x 8 block"):
         LinearMixedModel(data)
+
+
+def test_malformed_sql_source_exits_2(capsys) -> None:
+    args = ["fit", "--quiet", "--data", "sql:SELECT * FROM t WHERE", "--formula", "y ~ x + (1|g)"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sparsemm: error: cannot parse the sql: source") and err.count("\n") == 1
+
+
+def test_cbind_rows_without_trials_have_weight_zero() -> None:
+    table = crossed()
+    n = table.num_rows
+    rng = np.random.default_rng(4)
+    s = rng.integers(0, 5, n)
+    f = rng.integers(0, 5, n)
+    s[:10] = f[:10] = 0
+    both = table.append_column("s", pa.array(s)).append_column("f", pa.array(f))
+    rest = both.slice(10)
+    full = solver.prepare("cbind(s, f) ~ x + (1 | g)", both, family="binomial")
+    kept = solver.prepare("cbind(s, f) ~ x + (1 | g)", rest, family="binomial")
+    fam = solver.family("binomial")
+    a = solver.GeneralizedLinearMixedModel(full, fam).fit().result
+    b = solver.GeneralizedLinearMixedModel(kept, fam).fit().result
+    assert abs(a.loglik - b.loglik) < 1e-6 * abs(b.loglik)
