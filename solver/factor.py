@@ -29,7 +29,7 @@ from scipy.linalg import lapack
 from sksparse.cholmod import CholmodNotPositiveDefiniteError, analyze
 
 MAX_DENSE_SCHUR = 6000
-DENSE_THREADS_FROM = 2000
+DENSE_THREADS_FROM = 1000
 
 
 class CholmodFactor:
