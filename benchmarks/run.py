@@ -154,22 +154,30 @@ def markdown(summary: list[Row]) -> str:
         "problem",
         "backend",
         "seconds",
+        "data pass s",
+        "fit s",
+        "nnz(L)",
         "peak RSS MB",
         "objective",
         "abs diff vs lme4",
         "lme4 / sparsemm",
         "converged",
     ]
-    lines = ["| " + " | ".join(titles) + " |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| " + " | ".join(titles) + " |", "|---|---|" + "---:|" * 8 + "---|"]
     for r in summary:
         if r["status"] != "ok":
-            lines.append(f"| {r['problem']} | {r['backend']} | failed | | | | | |")
+            lines.append(f"| {r['problem']} | {r['backend']} | failed |" + " |" * 8)
             continue
         ratio = _fmt(r.get("speed_ratio"), ".1f") if r["backend"] != "lme4" else ""
+        extra = json.loads(r.get("extra") or "{}")
+        read_s = extra.get("read_s", extra.get("read_seconds"))
         cells = [
             r["problem"],
             r["backend"],
             _fmt(r["seconds"], ".2f"),
+            _fmt(read_s, ".2f"),
+            _fmt(extra.get("fit_s"), ".2f"),
+            _fmt(extra.get("nnz_L"), ",d"),
             _fmt(r["peak_rss_mb"], ".0f"),
             _fmt(r["objective"], ".4f"),
             _fmt(r.get("objective_diff"), ".2e"),

@@ -16,7 +16,6 @@ Messages to the manager:
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import sys
@@ -26,6 +25,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ..solver.results import json_safe
 from .task import FitTask
 
 # the solver names its options as the CLI does; the service, as the request's fields
@@ -128,7 +128,7 @@ def _fit(task: FitTask, conn: Connection) -> tuple[str, dict[str, Any]]:
     timings["total_s"] = time.perf_counter() - started
     out = fitted.result.to_dict()
     out["timings"] = timings
-    return json.dumps(_finite(out)), extras
+    return json.dumps(json_safe(out)), extras
 
 
 def _outputs(task: FitTask, fitted: Any) -> dict[str, Any]:
@@ -156,14 +156,3 @@ def _outputs(task: FitTask, fitted: Any) -> dict[str, Any]:
                 scaled = table.column("residual").to_numpy() / sigma
             extras["residual_quantiles"] = residual_quantiles(scaled)
     return extras
-
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN or Infinity: write null for them (as the CLI does)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj

@@ -40,7 +40,8 @@ from .pls import PLS, ThetaMap
 from .results import FitResult, glmm_result, ranef_table
 
 Progress = Callable[[int, float], None]
-PIRLS_TOL = 1e-14
+PIRLS_TOL = 1e-14  # for the finite-difference Hessian (checks, standard errors)
+PIRLS_TOL_SEARCH = 1e-10  # while BOBYQA searches (it stops at 1e-7)
 PIRLS_MAXIT = 40
 GLMM_DELTA = 1e-3
 
@@ -130,6 +131,7 @@ class GeneralizedLinearMixedModel:
         self.tmap = ThetaMap.build(data.layout)
         eta0 = fam.link.linkfun(fam.initial_mu(self.y, self.wt))
         self.notes: list[str] = []
+        self.pirls_tol = PIRLS_TOL
         if fam.name == "binomial" and np.any(
             np.abs(self.wt * self.y - np.round(self.wt * self.y)) > 1e-7
         ):
@@ -171,7 +173,7 @@ class GeneralizedLinearMixedModel:
             u_new, _ = self.pls.modes(sol)
             b_new = sol.beta if beta is None else beta
             eta, u, bcur, new = self._step_halving(theta, u, bcur, u_new, b_new, old)
-            if abs(old - new) < PIRLS_TOL * (abs(new) + 0.1):
+            if abs(old - new) < self.pirls_tol * (abs(new) + 0.1):
                 break
             old = new
         mu = self.family.link.linkinv(eta)
@@ -211,8 +213,10 @@ class GeneralizedLinearMixedModel:
             ftol_rel=1e-10,
         )  # fmt: skip
         with threadpool_limits(self.pls.factor.blas_limits()):
+            self.pirls_tol = PIRLS_TOL_SEARCH
             stage1 = minimize(self.laplace, self.tmap.start(), self.tmap.lower(), control, progress)
             self.pirls(stage1.x)
+            steps = self._steps(stage1.x, control)
             x0 = np.concatenate([stage1.x, self.state.beta])
             lower = np.concatenate([self.tmap.lower(), np.full(len(self.state.beta), -np.inf)])
 
@@ -221,13 +225,23 @@ class GeneralizedLinearMixedModel:
 
             stage2 = minimize(joint, x0, lower, control, progress)
             diag = np.concatenate([self.tmap.diagonal_mask(), np.zeros(len(x0) - nt, bool)])
-            checked = check_convergence(joint, stage2.x, lower, diag, control)
+            self.pirls_tol = PIRLS_TOL
+            checked = check_convergence(joint, stage2.x, lower, diag, control, steps=steps)
             x = checked.x
             vcov = self._vcov(joint, checked, nt, control)
             value = joint(x)
         evals = stage1.evaluations + stage2.evaluations
         result = glmm_result(self, x[:nt], x[nt:], value, vcov, checked.checks, evals)
         return GLMMFit(self, x[:nt], x[nt:], result, time.perf_counter() - started)
+
+    def _steps(self, theta: np.ndarray, control: Control) -> np.ndarray:
+        """Finite-difference steps: ``delta`` for theta, 1% of beta's (conditional)
+        standard errors for beta, so badly scaled columns (age^2) get steps their
+        curvature can use, above the ~1e-10 noise PIRLS leaves in d."""
+        self.pls.set_crossproducts(self._weighted(self.state.eta, None))  # X included
+        RX = self.pls.solve(theta).RX
+        se = np.sqrt(np.diag(np.linalg.inv(RX.T @ RX))) if RX.size else np.zeros(0)
+        return np.concatenate([np.full(len(theta), control.delta), 0.01 * se])
 
     def _vcov(self, joint, checked: Checked, nt: int, control: Control) -> np.ndarray:
         """2 H^-1 restricted to beta, H the Hessian of d over (theta, beta) (lme4), from

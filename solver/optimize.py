@@ -180,26 +180,41 @@ def derivatives_from_gradient(
     return g0, (hess + hess.T) / 2
 
 
-def derivatives(f: Objective, x: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+Steps = float | np.ndarray  # one step for all coordinates, or one per coordinate
+
+
+def central_gradient(f: Objective, x: np.ndarray, delta: Steps) -> np.ndarray:
+    """Central finite-difference gradient (2n evaluations)."""
+    d = np.broadcast_to(np.asarray(delta, float), x.shape)
+    out = np.empty(len(x))
+    for i in range(len(x)):
+        e = np.zeros(len(x))
+        e[i] = d[i]
+        out[i] = (f(x + e) - f(x - e)) / (2 * d[i])
+    return out
+
+
+def derivatives(f: Objective, x: np.ndarray, delta: Steps) -> tuple[np.ndarray, np.ndarray]:
     """Central finite-difference gradient and Hessian of ``f`` at ``x`` (lme4's deriv12)."""
     n = len(x)
+    d = np.broadcast_to(np.asarray(delta, float), x.shape)
     f0 = f(x)
     grad, hess = np.zeros(n), np.zeros((n, n))
     plus, minus = np.zeros(n), np.zeros(n)
     for i in range(n):
         e = np.zeros(n)
-        e[i] = delta
+        e[i] = d[i]
         plus[i], minus[i] = f(x + e), f(x - e)
-        grad[i] = (plus[i] - minus[i]) / (2 * delta)
-        hess[i, i] = (plus[i] - 2 * f0 + minus[i]) / delta**2
+        grad[i] = (plus[i] - minus[i]) / (2 * d[i])
+        hess[i, i] = (plus[i] - 2 * f0 + minus[i]) / d[i] ** 2
     for i in range(n):
         for j in range(i):
             ei, ej = np.zeros(n), np.zeros(n)
-            ei[i], ej[j] = delta, delta
+            ei[i], ej[j] = d[i], d[j]
             fpp, fmm = f(x + ei + ej), f(x - ei - ej)
             hess[i, j] = hess[j, i] = (
                 fpp - plus[i] - plus[j] + 2 * f0 - minus[i] - minus[j] + fmm
-            ) / (2 * delta**2)
+            ) / (2 * d[i] * d[j])
     return grad, hess
 
 
@@ -221,6 +236,7 @@ def check_convergence(
     diag_mask: np.ndarray,
     control: Control,
     fg: ObjectiveGrad | None = None,
+    steps: np.ndarray | None = None,
 ) -> Checked:
     """lme4's checks at the optimum (singular fit, scaled gradient, Hessian), and the
     optimum after a Newton polish from the same derivatives."""
@@ -242,9 +258,11 @@ def check_convergence(
         xf[free] = z
         return f(xf.copy())
 
+    delta: Steps = control.delta if steps is None else steps[free]
+
     def derive(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if fg is None or not control.use_gradient:
-            return derivatives(sub, z, control.delta)
+            return derivatives(sub, z, delta)
 
         def sub_grad(w: np.ndarray) -> np.ndarray:
             xf[free] = w
@@ -252,9 +270,17 @@ def check_convergence(
 
         return derivatives_from_gradient(sub_grad, z, control.delta)
 
+    def gradient_at(z: np.ndarray) -> np.ndarray:
+        if fg is None or not control.use_gradient:
+            return central_gradient(sub, z, delta)
+        xf[free] = z
+        return fg(xf.copy())[1][free]
+
     x = x.copy()
+    grad, hess = derive(x[free])
     for attempt in range(control.newton_steps + 1):
-        grad, hess = derive(x[free])
+        if attempt:  # after a Newton step the curvature barely moves: new gradient only
+            grad = gradient_at(x[free])
         checks = _gradient_check(grad, hess, control) + _hessian_check(hess, control)
         if checks[0].severity == "info" or attempt == control.newton_steps:
             polished = _newton_polish(sub, x, lower, free, grad, hess)

@@ -88,6 +88,17 @@ class FitResult:
         return asdict(self)
 
 
+def json_safe(obj: Any) -> Any:
+    """JSON has no NaN or Infinity: null for them, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def build_result(
     model: LinearMixedModel,
     sol: PLSSolution,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from sparsemm import solver
+from sparsemm.solver.results import json_safe
 from sparsemm.summary import summary_text
 
 
@@ -188,7 +188,7 @@ def _fit(args: argparse.Namespace) -> int:
     if args.format == "json":
         out = result.to_dict()
         out["timings"] = timings
-        print(json.dumps(_finite(out)))
+        print(json.dumps(json_safe(out)))
     else:
         sys.stdout.write(summary_text(result, args.data, scaled))
     return 0
@@ -208,17 +208,6 @@ def _write_outputs(
         return table.column("deviance_residual").to_numpy()
     resid = table.column("residual").to_numpy()
     return resid / fitted.result.sigma
-
-
-def _finite(obj: Any) -> Any:
-    """JSON has no NaN or Infinity: write null for them."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 class _Progress:
