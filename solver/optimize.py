@@ -301,10 +301,8 @@ def _newton_step(
     hess: np.ndarray,
 ) -> np.ndarray | None:
     """A Newton step with backtracking, when the optimizer stopped short of the optimum."""
-    try:
-        np.linalg.cholesky(hess)
-        step = np.linalg.solve(hess, grad)
-    except np.linalg.LinAlgError:
+    step = _newton_direction(grad, hess)
+    if step is None:
         return None
     base = f(x[free])
     for t in (1.0, 0.5, 0.25, 0.125):
@@ -313,6 +311,15 @@ def _newton_step(
         if np.all(trial >= lower) and f(trial[free]) < base:
             return trial
     return None
+
+
+def _newton_direction(grad: np.ndarray, hess: np.ndarray) -> np.ndarray | None:
+    """H^-1 g where H is positive definite (a descent direction), else None."""
+    try:
+        np.linalg.cholesky(hess)
+        return np.linalg.solve(hess, grad)
+    except np.linalg.LinAlgError:
+        return None
 
 
 def _newton_polish(
@@ -328,10 +335,8 @@ def _newton_polish(
     BOBYQA stops within its tolerances; the step, from derivatives the checks
     computed anyway, removes most of what is left, so that fits of the same data
     read in another order or batch size agree to ~1e-8 and not just ~1e-6."""
-    try:
-        step = np.linalg.solve(hess, grad)
-        np.linalg.cholesky(hess)
-    except np.linalg.LinAlgError:
+    step = _newton_direction(grad, hess)
+    if step is None:
         return x
     trial = x.copy()
     trial[free] = x[free] - step
