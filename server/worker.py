@@ -148,11 +148,6 @@ def _outputs(task: FitTask, fitted: Any) -> dict[str, Any]:
         if task.fitted:
             extras["fitted_path"] = os.path.join(task.out_dir, "fitted.parquet")
             pq.write_table(table, extras["fitted_path"])
-        if task.residual_quantiles:
-            sigma = fitted.result.sigma
-            if sigma is None:  # GLMMs: deviance residuals, as the CLI shows them
-                scaled = table.column("deviance_residual").to_numpy()
-            else:
-                scaled = table.column("residual").to_numpy() / sigma
-            extras["residual_quantiles"] = residual_quantiles(scaled)
+        if task.residual_quantiles:  # lme4's "Scaled residuals", as the CLI shows them
+            extras["residual_quantiles"] = residual_quantiles(table.column("pearson").to_numpy())
     return extras

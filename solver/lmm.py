@@ -21,6 +21,7 @@ import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from .condvar import conditional_variances
+from .crossprod import z_matrix
 from .gradient import forward_gradient, gradient, gradient_available
 from .model import ModelData
 from .optimize import Control, Diagnostic, check_convergence, minimize
@@ -129,19 +130,23 @@ class LMMFit:
         return ranef_table(self.model.data, b, var)
 
     def fitted(self) -> pa.Table:
-        """Fitted values and residuals in row order (rows with missing values skipped)."""
+        """Fitted values, residuals and scaled Pearson residuals (r sqrt(w) / sigma, lme4's
+        residuals(type = "pearson", scaled = TRUE)) in row order, rows with missing
+        values skipped."""
         self._refresh()
         _, b = self.model.pls.modes(self.sol)
-        from .crossprod import z_matrix
-
-        fitted, resid = [], []
+        sigma = math.sqrt(self.criterion_sigma2())
+        fitted, resid, pearson = [], [], []
         data = self.model.data
         for rows in data.rows():
             eta = rows.X[:, data.kept] @ self.sol.beta + z_matrix(rows, data.layout) @ b
             offset = 0.0 if rows.offset is None else rows.offset
             fitted.append(eta + offset)
             resid.append(rows.y - eta)
-        return pa.table({"fitted": np.concatenate(fitted), "residual": np.concatenate(resid)})
+            w = 1.0 if rows.w is None else np.sqrt(rows.w)
+            pearson.append(resid[-1] * w / sigma)
+        return pa.table({"fitted": np.concatenate(fitted), "residual": np.concatenate(resid),
+                         "pearson": np.concatenate(pearson)})  # fmt: skip
 
 
 def fit(

@@ -204,10 +204,7 @@ def _write_outputs(
     table = fitted.fitted()
     if args.fitted:
         pq.write_table(table, args.fitted)
-    if fitted.result.sigma is None:
-        return table.column("deviance_residual").to_numpy()
-    resid = table.column("residual").to_numpy()
-    return resid / fitted.result.sigma
+    return table.column("pearson").to_numpy()  # lme4's "Scaled residuals"
 
 
 class _Progress:
