@@ -223,7 +223,15 @@ class GeneralizedLinearMixedModel:
             def joint(x: np.ndarray) -> float:
                 return self.laplace(x[:nt], x[nt:])
 
-            stage2 = minimize(joint, x0, lower, control, progress)
+            # BOBYQA's trust region is round: search in units where beta's scale
+            # (its standard errors) is comparable to theta's
+            scale = np.where(np.arange(len(x0)) < nt, 1.0, 100.0 * steps)
+
+            def scaled(z: np.ndarray) -> float:
+                return joint(z * scale)
+
+            stage2 = minimize(scaled, x0 / scale, lower / scale, control, progress)
+            stage2 = replace(stage2, x=stage2.x * scale)
             diag = np.concatenate([self.tmap.diagonal_mask(), np.zeros(len(x0) - nt, bool)])
             self.pirls_tol = PIRLS_TOL
             checked = check_convergence(joint, stage2.x, lower, diag, control, steps=steps)
