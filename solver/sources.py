@@ -67,7 +67,10 @@ class ParquetSource:
         return self._dataset().schema
 
     def batches(self, columns: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
-        scanner = self._dataset().scanner(columns=list(columns), batch_size=batch_rows)
+        # bounded read-ahead: memory should follow the groups, not the rows in flight
+        scanner = self._dataset().scanner(
+            columns=list(columns), batch_size=batch_rows, batch_readahead=1, fragment_readahead=1
+        )
         for batch in scanner.to_batches():
             if batch.num_rows:
                 yield batch
