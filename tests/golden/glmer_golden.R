@@ -187,20 +187,7 @@ golden_row <- function(cs) {
 # ---- main -----------------------------------------------------------------------
 
 main <- function(outdir) {
-  dir.create(outdir, showWarnings = FALSE, recursive = TRUE)
-  used <- unique(vapply(cases, `[[`, "", "dataset"))
-  for (nm in used) export_dataset(nm, datasets[[nm]], outdir)
-  golden <- lapply(cases, function(cs) {
-    message("fitting ", cs$name)
-    golden_row(cs)
-  })
-  write_json_file(golden, file.path(outdir, "glmer_golden.json"))
-  writeLines(c(R.version.string,
-               paste("lme4", packageVersion("lme4")),
-               paste("Matrix", packageVersion("Matrix")),
-               paste("mlmRev", packageVersion("mlmRev")),
-               paste("jsonlite", packageVersion("jsonlite"))),
-             file.path(outdir, "R_VERSIONS.txt"))
+  write_golden(outdir, cases, datasets, golden_row, "glmer_golden.json")
 }
 
 args <- commandArgs(trailingOnly = TRUE)

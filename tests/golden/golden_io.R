@@ -60,3 +60,22 @@ export_dataset <- function(name, df, outdir) {
   write_json_file(levels_of, file.path(outdir, paste0(name, ".levels.json")), auto_unbox = FALSE)
   write_json_file(as.list(types), file.path(outdir, paste0(name, ".types.json")))
 }
+
+# ---- main, shared ------------------------------------------------------------------
+
+write_golden <- function(outdir, cases, datasets, golden_row, json_name) {
+  dir.create(outdir, showWarnings = FALSE, recursive = TRUE)
+  used <- unique(vapply(cases, `[[`, "", "dataset"))
+  for (nm in used) export_dataset(nm, datasets[[nm]], outdir)
+  golden <- lapply(cases, function(cs) {
+    message("fitting ", cs$name)
+    golden_row(cs)
+  })
+  write_json_file(golden, file.path(outdir, json_name))
+  writeLines(c(R.version.string,
+               paste("lme4", packageVersion("lme4")),
+               paste("Matrix", packageVersion("Matrix")),
+               paste("mlmRev", packageVersion("mlmRev")),
+               paste("jsonlite", packageVersion("jsonlite"))),
+             file.path(outdir, "R_VERSIONS.txt"))
+}
