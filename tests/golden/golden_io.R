@@ -63,10 +63,10 @@ export_dataset <- function(name, df, outdir) {
 
 # ---- main, shared ------------------------------------------------------------------
 
-write_golden <- function(outdir, cases, datasets, golden_row, json_name) {
+write_golden <- function(outdir, cases, datasets, golden_row, json_name, export = TRUE) {
   dir.create(outdir, showWarnings = FALSE, recursive = TRUE)
   used <- unique(vapply(cases, `[[`, "", "dataset"))
-  for (nm in used) export_dataset(nm, datasets[[nm]], outdir)
+  if (export) for (nm in used) export_dataset(nm, datasets[[nm]], outdir)
   golden <- lapply(cases, function(cs) {
     message("fitting ", cs$name)
     golden_row(cs)
