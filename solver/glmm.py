@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -284,7 +284,6 @@ class GLMMFit:
     beta: np.ndarray
     result: FitResult
     fit_s: float
-    extra: dict = field(default_factory=dict)
 
     def _refresh(self) -> None:
         self.model.pirls(self.theta, self.beta)

@@ -38,9 +38,7 @@ class LinearMixedModel:
         self.data = data
         self.reml = reml
         self.tmap = ThetaMap.build(data.layout)
-        started = time.perf_counter()
         self.pls = PLS(data.cp, self.tmap, ordering)
-        self.analyse_s = time.perf_counter() - started
         cp = data.cp
         self.criterion = Criterion(reml, cp.n, cp.XtX.shape[0], cp.sum_log_w)
 

@@ -157,7 +157,6 @@ class PLS:
         self.set_crossproducts(cp)
         generic = np.where(tmap.diagonal_mask(), 1.0, 0.5)
         self.factor = choose_factor(self.scaled(generic), tmap.layout, ordering)
-        self.evaluations = 0
 
     def set_crossproducts(self, cp: CrossProducts) -> None:
         """New cross-products with the same sparsity pattern (PIRLS reweights the rows);
@@ -196,7 +195,6 @@ class PLS:
         """Factor and solve the PLS system at ``theta``."""
         theta = np.asarray(theta, dtype=np.float64)
         self.factor.update(self.scaled(theta))
-        self.evaluations += 1
         C = self.factor.half_solve(self._lambda_t(theta, self._ZXY))
         p = self.cp.XtX.shape[0]
         RZX, cu = C[:, :p], C[:, p]

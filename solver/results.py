@@ -11,6 +11,7 @@ deviance  = ML deviance at the estimates (for a REML fit: lme4's deviance(m, REM
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -112,8 +113,6 @@ def build_result(
     ml_dev = Criterion(False, crit.n, crit.p, crit.sum_log_w)(sol)
     loglik = -value / 2.0
     k = crit.p + len(sol.theta) + 1
-    singular = any(d.code == "singular" for d in checks)
-    warned = [d for d in checks if d.severity in ("warning", "error")]
     return FitResult(
         formula=data.formula.text,
         family="gaussian",
@@ -130,19 +129,42 @@ def build_result(
         bic=-2.0 * loglik + k * math.log(crit.n),
         deviance=ml_dev,
         reml_criterion=value if model.reml else None,
-        converged=not warned,
-        singular=singular,
-        messages=list(data.messages)
-        + [d.message for d in checks if d.severity != "info" or d.code == "singular"],  # fmt: skip
-        diagnostics=FitDiagnostics(
-            checks=checks,
-            optimizer=optimizer,
-            evaluations=evaluations,
-            q=model.data.layout.q,
-            nnz_ZtZ=2 * model.data.cp.ZtZ.nnz - model.data.layout.q,
-            nnz_L=model.pls.nnz_L(),
-            ordering=model.pls.ordering,
-        ),
+        converged=_converged(checks),
+        singular=_singular(checks),
+        messages=_messages(data.messages, checks),
+        diagnostics=_diagnostics(model, checks, optimizer, evaluations),
+    )
+
+
+def _converged(checks: list[Diagnostic]) -> bool:
+    return not any(d.severity in ("warning", "error") for d in checks)
+
+
+def _singular(checks: list[Diagnostic]) -> bool:
+    return any(d.code == "singular" for d in checks)
+
+
+def _messages(notes: Sequence[str], checks: list[Diagnostic]) -> list[str]:
+    """Notes on the data and the fit, then every check that is not a plain pass."""
+    found = [d.message for d in checks if d.severity != "info" or d.code == "singular"]
+    return list(notes) + found
+
+
+def _diagnostics(
+    model: LinearMixedModel | GeneralizedLinearMixedModel,
+    checks: list[Diagnostic],
+    optimizer: str,
+    evaluations: int,
+) -> FitDiagnostics:
+    layout = model.data.layout
+    return FitDiagnostics(
+        checks=checks,
+        optimizer=optimizer,
+        evaluations=evaluations,
+        q=layout.q,
+        nnz_ZtZ=2 * model.data.cp.ZtZ.nnz - layout.q,  # stored as its lower triangle
+        nnz_L=model.pls.nnz_L(),
+        ordering=model.pls.ordering,
     )
 
 
@@ -230,7 +252,6 @@ def glmm_result(
     k = len(beta) + len(theta)
     n = len(model.y)
     se = np.sqrt(np.diag(vcov)) if len(beta) else np.zeros(0)
-    warned = [d for d in checks if d.severity in ("warning", "error")]
     return FitResult(
         formula=data.formula.text,
         family=fam.name,
@@ -250,20 +271,10 @@ def glmm_result(
         bic=-2.0 * loglik + k * math.log(n),
         deviance=st.devres,
         reml_criterion=None,
-        converged=not warned,
-        singular=any(d.code == "singular" for d in checks),
-        messages=list(data.messages)
-        + model.notes
-        + [d.message for d in checks if d.severity != "info" or d.code == "singular"],
-        diagnostics=FitDiagnostics(
-            checks=checks,
-            optimizer="BOBYQA (nAGQ = 0, then nAGQ = 1)",
-            evaluations=evaluations,
-            q=data.layout.q,
-            nnz_ZtZ=2 * data.cp.ZtZ.nnz - data.layout.q,
-            nnz_L=model.pls.nnz_L(),
-            ordering=model.pls.ordering,
-        ),
+        converged=_converged(checks),
+        singular=_singular(checks),
+        messages=_messages([*data.messages, *model.notes], checks),
+        diagnostics=_diagnostics(model, checks, "BOBYQA (nAGQ = 0, then nAGQ = 1)", evaluations),
     )
 
 
