@@ -18,6 +18,9 @@ level of that term), so with B = M21 and the Schur complement S = M22 - B D^-1 B
 
 and S^-1 (LAPACK potri), the trailing block of M^-1, is what the closed-form
 gradient needs.  Used when S (n2 = q - q_1 columns) is small enough to be dense.
+
+``ScalarSchurFactor``: the same when the first term is scalar, with S formed from theta
+directly by a precomputed linear map (no sparse product per theta; see its docstring).
 """
 
 from __future__ import annotations
@@ -225,3 +228,146 @@ def block_diagonal(blocks: np.ndarray) -> sp.csc_matrix:
     rows = np.broadcast_to(base + np.arange(p)[None, :, None], blocks.shape).ravel()
     cols = np.broadcast_to(base + np.arange(p)[None, None, :], blocks.shape).ravel()
     return sp.csc_matrix((blocks.ravel(), (rows, cols)), shape=(nl * p, nl * p))
+
+
+class ScalarSchurFactor(SchurFactor):
+    """``SchurFactor`` for a scalar first term (p_1 = 1), updated from theta directly.
+
+    With A = Z'WZ, a = diag(A11), theta_1 the first term's scale, Lambda_2 the rest:
+
+        D = theta_1^2 diag(a) + I,     B D^-1 = theta_1 Lambda_2' A21 D^-1,
+        S = Lambda_2' K(theta_1) Lambda_2 + I,   K(theta_1) = A22 - A21 diag(w) A12,
+        w = theta_1^2 / (theta_1^2 a + 1)
+
+    K's correction is a fixed linear map of w:  (A21 diag(w) A12)_jk = sum_s w_s A_js A_ks,
+    summed over the levels s of the first term that meet both j and k.  ``G`` holds that
+    map (one row per lower-triangle position of K reached, one column per level, the
+    products A_js A_ks as values), built once per pattern, its values once per set of
+    cross-products; per theta a sparse mat-vec G w replaces the sparse product B D^-1 B'.
+    With the same map, the gradient's first trace is tr(S^-1 B D^-2 B') = sum over those
+    positions of S^-1_jk (Lambda_2' (G (theta_1^2 / d^2)) Lambda_2)_jk (x2 off the diagonal).
+    """
+
+    def __init__(self, A: sp.csc_matrix, n1: int, trailing_diagonal: bool) -> None:
+        super().__init__(1, n1, A.shape[0])
+        self.n2 = self.q - n1
+        self.trailing_diagonal = trailing_diagonal
+        self._pattern: tuple[np.ndarray, np.ndarray] | None = None
+        self._Sinv_lower: np.ndarray | None = None
+        self.set_crossproducts(A)
+
+    @staticmethod
+    def fits(A: sp.csc_matrix, n1: int, max_pairs: int = 50_000_000) -> bool:
+        """Whether the map G stays small: sum over levels of k (k + 1) / 2, k = the
+        level's non-zeros below the first block."""
+        k = np.diff(A.indptr[: n1 + 1]) - 1
+        return bool(np.all(k >= 0) and float(np.sum(k * (k + 1) // 2)) <= max_pairs)
+
+    def set_crossproducts(self, A: sp.csc_matrix) -> None:
+        """New values of Z'WZ (same pattern for PIRLS: the map's structure is kept)."""
+        A = A.copy()
+        A.sort_indices()
+        n1, n2 = self.n1, self.n2
+        left, right = _column_split(A, n1)
+        if self._pattern is None or not (
+            np.array_equal(self._pattern[0], left.indptr)
+            and np.array_equal(self._pattern[1], left.indices)
+        ):
+            self._build_map(left)
+        self.a = left.data[left.indptr[:-1]]  # diagonal of A11: first entry of each column
+        self.G.data = left.data[self._i1] * left.data[self._i2]
+        base = np.zeros((n2, n2), order="F")
+        cols = np.repeat(np.arange(n2), np.diff(right.indptr))
+        base[right.indices - n1, cols] = right.data  # lower triangle of A22
+        self.A22 = base
+        self.A21 = sp.csc_matrix(
+            (np.delete(left.data, left.indptr[:-1]), self._a21_rows, self._a21_ptr),
+            shape=(n2, n1),
+        )
+
+    def _build_map(self, left: sp.csc_matrix) -> None:
+        """Pairs (j >= k) of entries below the first block within each level's column."""
+        n1, n2 = self.n1, self.n2
+        ptr, idx = left.indptr, left.indices
+        if np.any(idx[ptr[:-1]] != np.arange(n1)):
+            raise ValueError("first block is not diagonal")
+        k = np.diff(ptr) - 1  # entries below the first block, per level
+        below = np.setdiff1d(np.arange(ptr[-1]), ptr[:-1], assume_unique=True)
+        rank = np.arange(len(below)) - np.repeat(np.cumsum(k) - k, k)  # position in column
+        i1 = np.repeat(below, rank + 1)  # each entry pairs with itself and those above it
+        start = np.repeat(below - rank, rank + 1)
+        within = np.arange(len(i1)) - np.repeat(np.cumsum(rank + 1) - (rank + 1), rank + 1)
+        i2 = start + within
+        r1, r2 = idx[i1] - n1, idx[i2] - n1  # r1 >= r2 since indices are sorted
+        pairs = np.r_[0, np.cumsum(k * (k + 1) // 2)]  # pairs are generated level by level
+        self._i1, self._i2 = i1, i2
+        self.G = sp.csc_matrix(
+            (np.zeros(len(i1)), r1 + r2 * n2, pairs), shape=(n2 * n2, n1)
+        )  # rows: Fortran-order positions of K's lower triangle
+        rows, cols = np.divmod(np.arange(n2 * n2), n2)  # (col, row) of each flat position
+        self._offdiag = np.where(rows == cols, 1.0, 2.0)
+        self._a21_rows = idx[below] - n1
+        self._a21_ptr = np.r_[0, np.cumsum(k)]
+        self._pattern = (ptr.copy(), idx.copy())
+
+    def update_theta(self, theta1: float, lam2: sp.csc_matrix) -> None:
+        """Refactor at theta: theta_1 scales the first term, Lambda_2 the others."""
+        t2 = theta1 * theta1
+        d = t2 * self.a + 1.0
+        self.theta1, self.d = theta1, d
+        self.LD, self.Dinv = np.sqrt(d)[:, None, None], (1.0 / d)[:, None, None]
+        K = self.A22.copy(order="F")
+        K.reshape(-1, order="F")[:] -= self.G @ (t2 / d)
+        if self.trailing_diagonal:
+            lam = lam2.diagonal()
+            self.lam = lam
+            S = K
+            S *= lam[:, None]
+            S *= lam[None, :]
+            BD = self.A21.multiply(lam[:, None]).multiply(theta1 / d[None, :])
+        else:
+            K = K + np.tril(K, -1).T
+            S = np.asfortranarray(lam2.T @ np.asarray(lam2.T @ K).T)
+            BD = lam2.T @ self.A21.multiply(theta1 / d[None, :])
+        S[np.diag_indices_from(S)] += 1.0
+        self.BD = sp.csr_matrix(BD)
+        LS, info = lapack.dpotrf(S, lower=1, clean=0, overwrite_a=1)
+        if info != 0:
+            raise np.linalg.LinAlgError("Schur complement is not positive definite")
+        self.LS = LS
+        self._Sinv = self._Linv = self._Sinv_lower = None
+
+    def update(self, M: sp.csc_matrix) -> None:  # pragma: no cover - PLS calls update_theta
+        raise TypeError("ScalarSchurFactor is updated from theta (update_theta)")
+
+    def nnz_L(self) -> int:
+        n2 = self.n2
+        return int(self.n1 + self.A21.nnz + n2 * (n2 + 1) // 2)
+
+    def schur_inverse_lower(self) -> np.ndarray:
+        """S^-1, lower triangle valid (LAPACK potri on L_S), computed once per update."""
+        if self._Sinv_lower is None:
+            c, info = lapack.dpotri(self.LS, lower=1, overwrite_c=0)
+            if info != 0:
+                raise np.linalg.LinAlgError("Schur complement is singular")
+            self._Sinv_lower = c
+        return self._Sinv_lower
+
+    def schur_inverse(self) -> np.ndarray:
+        if self._Sinv is None:
+            c = self.schur_inverse_lower()
+            self._Sinv = np.tril(c) + np.tril(c, -1).T
+        return self._Sinv
+
+    def first_trace(self) -> np.ndarray | None:
+        """[[tr(S^-1 B D^-2 B')]] via the map G (trailing terms scalar), else None."""
+        if not self.trailing_diagonal:
+            return None
+        h = self.G @ (self.theta1**2 / self.d**2)
+        h *= np.outer(self.lam, self.lam).reshape(-1) * self._offdiag
+        Sinv = self.schur_inverse_lower().reshape(-1, order="F")
+        return np.array([[float(Sinv @ h)]])
+
+    def inverse_diagonal(self) -> np.ndarray:
+        """diag(S^-1)."""
+        return np.diagonal(self.schur_inverse_lower()).copy()

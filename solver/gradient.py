@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .factor import SchurFactor
+from .factor import ScalarSchurFactor, SchurFactor
 from .pls import PLS, Criterion, PLSSolution, lower_colmajor
 
 TRACE_CHUNK = 4096
@@ -122,19 +122,28 @@ def block_sums(pls: PLS, theta: np.ndarray) -> list[np.ndarray]:
     if f.n1 == layout.q:
         return sums
     n2 = layout.q - f.n1
+    mapped = f.first_trace() if isinstance(f, ScalarSchurFactor) else None
     # sparse x dense runs ~8x slower per flop than LAPACK here
-    via_inverse = n2**3 / 3 < 8 * n2 * f.BD.nnz
-    first = _first_traces_inverse(f) if via_inverse else _first_traces_factor(f)
-    sums[0] += first
-    source = f.schur_inverse() if via_inverse else f.inverse_factor()
+    via_inverse = mapped is not None or n2**3 / 3 < 8 * n2 * f.BD.nnz
+    if mapped is not None:
+        sums[0] += mapped
+    else:
+        sums[0] += _first_traces_inverse(f) if via_inverse else _first_traces_factor(f)
     for k in range(1, len(layout.p)):
         p, nl, off = layout.p[k], layout.nlevels[k], layout.offsets[k] - f.n1
-        idx = off + np.arange(nl)[:, None] * p + np.arange(p)[None, :]
-        if via_inverse:
-            sums.append(source[idx[:, :, None], idx[:, None, :]].sum(axis=0))
-        else:
-            sums.append(np.einsum("rla,rlb->ab", source[:, idx], source[:, idx]))
+        sums.append(_trailing_sum(f, via_inverse, off, p, nl))
     return sums
+
+
+def _trailing_sum(f: SchurFactor, via_inverse: bool, off: int, p: int, nl: int) -> np.ndarray:
+    """SB_k = sum_l (S^-1)_ll over the levels of a trailing term at offset ``off`` in S."""
+    if p == 1 and isinstance(f, ScalarSchurFactor):
+        return np.array([[f.inverse_diagonal()[off : off + nl].sum()]])
+    idx = off + np.arange(nl)[:, None] * p + np.arange(p)[None, :]
+    if via_inverse:
+        return f.schur_inverse()[idx[:, :, None], idx[:, None, :]].sum(axis=0)
+    X = f.inverse_factor()
+    return np.einsum("rla,rlb->ab", X[:, idx], X[:, idx])
 
 
 def _first_traces_inverse(f: SchurFactor) -> np.ndarray:

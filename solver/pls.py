@@ -29,7 +29,7 @@ from sksparse.cholmod import CholmodTooLargeError
 
 from .crossprod import CrossProducts, TermLayout
 from .errors import InputError
-from .factor import MAX_DENSE_SCHUR, CholmodFactor, SchurFactor
+from .factor import MAX_DENSE_SCHUR, CholmodFactor, ScalarSchurFactor, SchurFactor
 
 MAX_DENSE_BYTES = 4 * 2**30  # a trailing block that fills in densely beyond this is refused
 
@@ -154,13 +154,18 @@ class PLS:
 
     def __init__(self, cp: CrossProducts, tmap: ThetaMap, ordering: str = "auto") -> None:
         self.tmap = tmap
-        self.set_crossproducts(cp)
+        self._store(cp)
         generic = np.where(tmap.diagonal_mask(), 1.0, 0.5)
-        self.factor = choose_factor(self.scaled(generic), tmap.layout, ordering)
+        self.factor = choose_factor(self.scaled(generic), cp.ZtZ, tmap, ordering)
 
     def set_crossproducts(self, cp: CrossProducts) -> None:
         """New cross-products with the same sparsity pattern (PIRLS reweights the rows);
         the factor's structure is kept."""
+        self._store(cp)
+        if isinstance(self.factor, ScalarSchurFactor):
+            self.factor.set_crossproducts(cp.ZtZ)
+
+    def _store(self, cp: CrossProducts) -> None:
         self.cp = cp
         A = cp.ZtZ
         self._A = A
@@ -185,6 +190,14 @@ class PLS:
             )
         return sp.tril(lam.T @ self._A_full @ lam, format="csc")
 
+    def _refactor(self, theta: np.ndarray) -> None:
+        """New values of the factor at theta (its structure is fixed)."""
+        if isinstance(self.factor, ScalarSchurFactor):
+            n1 = self.factor.n1
+            self.factor.update_theta(float(theta[0]), self.tmap.Lambda(theta)[n1:, n1:])
+        else:
+            self.factor.update(self.scaled(theta))
+
     def _lambda_t(self, theta: np.ndarray, M: np.ndarray) -> np.ndarray:
         lam = self.tmap.Lambda(theta)
         if self.tmap.is_diagonal:
@@ -194,7 +207,7 @@ class PLS:
     def solve(self, theta: np.ndarray) -> PLSSolution:
         """Factor and solve the PLS system at ``theta``."""
         theta = np.asarray(theta, dtype=np.float64)
-        self.factor.update(self.scaled(theta))
+        self._refactor(theta)
         C = self.factor.half_solve(self._lambda_t(theta, self._ZXY))
         p = self.cp.XtX.shape[0]
         RZX, cu = C[:, :p], C[:, p]
@@ -226,15 +239,19 @@ class PLS:
         return self.factor.nnz_L()
 
 
-def choose_factor(M0: sp.csc_matrix, layout: TermLayout, ordering: str):
+def choose_factor(M0: sp.csc_matrix, A: sp.csc_matrix, tmap: ThetaMap, ordering: str):
     """SchurFactor when the complement of the first term is small enough to be dense and
-    dense enough to fill in anyway (or ``ordering="schur"``); CHOLMOD otherwise."""
+    dense enough to fill in anyway (or ``ordering="schur"``), updated from theta directly
+    when the first term is scalar; CHOLMOD otherwise."""
+    layout = tmap.layout
     n1 = layout.p[0] * layout.nlevels[0]
     n2 = layout.q - n1
     if ordering not in ("auto", "schur"):
         return CholmodFactor(M0, ordering)
     density = 1.0 if ordering == "schur" else _schur_density(M0, n1)
     if n2 <= MAX_DENSE_SCHUR and density >= 0.05:
+        if layout.p[0] == 1 and n2 > 0 and ScalarSchurFactor.fits(A, n1):
+            return ScalarSchurFactor(A, n1, all(p == 1 for p in layout.p[1:]))
         return SchurFactor(layout.p[0], n1, layout.q)
     if density >= 0.01 and 4.0 * n2 * n2 > MAX_DENSE_BYTES:
         raise _too_large(n2)
