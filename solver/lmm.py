@@ -24,7 +24,14 @@ from .condvar import conditional_variances
 from .crossprod import z_matrix
 from .gradient import forward_gradient, gradient, gradient_available
 from .model import ModelData
-from .optimize import Control, Diagnostic, check_convergence, minimize
+from .optimize import (
+    Control,
+    Diagnostic,
+    OptimResult,
+    check_convergence,
+    minimize,
+    minimize_log_scale,
+)
 from .pls import PLS, Criterion, PLSSolution, ThetaMap
 from .results import FitResult, build_result, ranef_table
 
@@ -41,9 +48,18 @@ class LinearMixedModel:
         self.pls = PLS(data.cp, self.tmap, ordering)
         cp = data.cp
         self.criterion = Criterion(reml, cp.n, cp.XtX.shape[0], cp.sum_log_w)
+        self._last: tuple[PLSSolution, np.ndarray | None] | None = None
 
     def solve(self, theta: np.ndarray) -> PLSSolution:
-        return self.pls.solve(np.asarray(theta, dtype=np.float64))
+        """The PLS solution at theta; the factor then holds theta.  The last one is kept:
+        optimizers and the convergence checks often ask again for the point just seen."""
+        theta = np.asarray(theta, dtype=np.float64)
+        if self._last is not None and np.array_equal(self._last[0].theta, theta):
+            return self._last[0]
+        self._last = None  # a failed factorization leaves the factor in no known state
+        sol = self.pls.solve(theta)
+        self._last = (sol, None)
+        return sol
 
     def objective(self, theta: np.ndarray) -> float:
         """The profiled ML deviance or REML criterion at ``theta`` (inf where the
@@ -61,28 +77,38 @@ class LinearMixedModel:
         except np.linalg.LinAlgError:
             return math.inf, np.zeros(len(theta))
         value = self.criterion(sol)
+        assert self._last is not None
+        if self._last[1] is not None:
+            return value, self._last[1].copy()
         grad = gradient(self.pls, self.criterion, sol)
-        if grad is None:
+        if grad is None:  # (forward differences move the factor: solve again after)
             grad = forward_gradient(self.objective, np.asarray(theta, float), value)
+            self.solve(theta)
+        self._last = (sol, grad.copy())
         return value, grad
 
     def _optimize(self, control: Control, progress: IterationProgress | None):
-        """L-BFGS-B with the closed-form gradient where available, finished by BOBYQA
-        when it stops on a bound: theta_j = 0 is a stationary point of the objective
-        (even in a scalar theta_j), where a gradient method can stall."""
-        lower, start = self.tmap.lower(), self.tmap.start()
+        """L-BFGS-B with the closed-form gradient where available, on the log scale of
+        the variance parameters; near the boundary it goes on on the theta scale, and is
+        finished by BOBYQA when it stops on a bound: theta_j = 0 is a stationary point of
+        the objective (even in a scalar theta_j), where a gradient method can stall."""
+        lower, start, diagonal = self.tmap.lower(), self.tmap.start(), self.tmap.diagonal_mask()
         fg = self.objective_gradient if gradient_available(self.pls) else None
-        opt = minimize(self.objective, start, lower, control, progress, fg)
         if fg is None or not control.use_gradient:
+            opt = minimize(self.objective, start, lower, control, progress, None)
             return opt, None, "Brent" if len(start) == 1 else "BOBYQA"
-        at_bound = self.tmap.diagonal_mask() & (opt.x <= control.tol_singular)
+        opt = minimize_log_scale(fg, start, diagonal, control, progress)
+        optimizer = "L-BFGS-B on log(theta) (closed-form gradient)"
+        if not math.isfinite(opt.fun) or _theta_gradient_above(fg, opt.x, control.gtol):
+            x0 = opt.x if math.isfinite(opt.fun) else start
+            opt = _combined(opt, minimize(self.objective, x0, lower, control, progress, fg))
+            optimizer += ", then on theta"
+        at_bound = diagonal & (opt.x <= control.tol_singular)
         if not at_bound.any() and math.isfinite(opt.fun):
-            return opt, fg, "L-BFGS-B (closed-form gradient)"
+            return opt, fg, optimizer
         x0 = opt.x if math.isfinite(opt.fun) else start
-        again = minimize(self.objective, x0, lower, control, progress, None)
-        best = again if again.fun <= opt.fun else opt
-        best = replace(best, evaluations=opt.evaluations + again.evaluations)
-        return best, None, "L-BFGS-B (closed-form gradient), then BOBYQA at the boundary"
+        opt = _combined(opt, minimize(self.objective, x0, lower, control, progress, None))
+        return opt, None, optimizer + ", then BOBYQA at the boundary"
 
     def fit(
         self, control: Control = Control(), progress: IterationProgress | None = None
@@ -101,6 +127,19 @@ class LinearMixedModel:
         return LMMFit(self, sol, result, time.perf_counter() - started)
 
 
+def _theta_gradient_above(fg, x: np.ndarray, gtol: float) -> bool:
+    """Whether the gradient on the theta scale is above ``gtol`` (the log scale damps it
+    by theta_j: a small theta_j heading for the boundary stops early there)."""
+    _, grad = fg(x)
+    return bool(np.max(np.abs(grad), initial=0.0) > gtol)
+
+
+def _combined(first: OptimResult, then: OptimResult) -> OptimResult:
+    """The better of two searches, counting the evaluations of both."""
+    best = then if then.fun <= first.fun else first
+    return replace(best, evaluations=first.evaluations + then.evaluations)
+
+
 @dataclass
 class LMMFit:
     """A fitted model: the summary plus the state for per-level and per-row outputs."""
@@ -115,7 +154,7 @@ class LMMFit:
 
     def _refresh(self) -> None:
         # the factor must hold this fit's theta (another evaluation may have moved it)
-        self.model.pls.solve(self.sol.theta)
+        self.model.solve(self.sol.theta)
 
     def ranef(self, cond_var: bool = True) -> pa.Table:
         """Conditional modes (and conditional SDs): group, level, term, condval, condsd."""
