@@ -265,34 +265,36 @@ class ScalarSchurFactor(SchurFactor):
 
     def set_crossproducts(self, A: sp.csc_matrix) -> None:
         """New values of Z'WZ (same pattern for PIRLS: the map's structure is kept)."""
-        A = A.copy()
-        A.sort_indices()
-        n1, n2 = self.n1, self.n2
-        left, right = _column_split(A, n1)
-        if self._pattern is None or not (
-            np.array_equal(self._pattern[0], left.indptr)
-            and np.array_equal(self._pattern[1], left.indices)
-        ):
-            self._build_map(left)
-        self.a = left.data[left.indptr[:-1]]  # diagonal of A11: first entry of each column
-        self.G.data = left.data[self._i1] * left.data[self._i2]
-        base = np.zeros((n2, n2), order="F")
-        cols = np.repeat(np.arange(n2), np.diff(right.indptr))
-        base[right.indices - n1, cols] = right.data  # lower triangle of A22
+        if not A.has_sorted_indices:
+            A = A.copy()
+            A.sort_indices()
+        if not self._same_pattern(A):
+            self._build_map(A)
+        data = A.data
+        self.a = data[self._diag]  # diagonal of A11: first entry of each level's column
+        self.G.data = data[self._i1] * data[self._i2]
+        base = np.zeros((self.n2, self.n2), order="F")
+        base.reshape(-1, order="F")[self._a22_pos] = data[self._cut :]  # lower of A22
         self.A22 = base
-        self.A21 = sp.csc_matrix(
-            (np.delete(left.data, left.indptr[:-1]), self._a21_rows, self._a21_ptr),
-            shape=(n2, n1),
-        )
+        self.A21.data = data[self._below]
 
-    def _build_map(self, left: sp.csc_matrix) -> None:
-        """Pairs (j >= k) of entries below the first block within each level's column."""
+    def _same_pattern(self, A: sp.csc_matrix) -> bool:
+        if self._pattern is None:
+            return False
+        ptr, idx = self._pattern
+        if A.indptr is ptr and A.indices is idx:
+            return True
+        return np.array_equal(ptr, A.indptr) and np.array_equal(idx, A.indices)
+
+    def _build_map(self, A: sp.csc_matrix) -> None:
+        """Pairs (j >= k) of entries below the first block within each level's column,
+        and where A's stored values go (diagonal of A11, A21, the lower triangle of A22)."""
         n1, n2 = self.n1, self.n2
-        ptr, idx = left.indptr, left.indices
-        if np.any(idx[ptr[:-1]] != np.arange(n1)):
+        ptr, idx = A.indptr, A.indices
+        if np.any(idx[ptr[:n1]] != np.arange(n1)):
             raise ValueError("first block is not diagonal")
-        k = np.diff(ptr) - 1  # entries below the first block, per level
-        below = np.setdiff1d(np.arange(ptr[-1]), ptr[:-1], assume_unique=True)
+        k = np.diff(ptr[: n1 + 1]) - 1  # entries below the first block, per level
+        below = np.setdiff1d(np.arange(ptr[n1]), ptr[:n1], assume_unique=True)
         rank = np.arange(len(below)) - np.repeat(np.cumsum(k) - k, k)  # position in column
         i1 = np.repeat(below, rank + 1)  # each entry pairs with itself and those above it
         start = np.repeat(below - rank, rank + 1)
@@ -306,9 +308,14 @@ class ScalarSchurFactor(SchurFactor):
         )  # rows: Fortran-order positions of K's lower triangle
         rows, cols = np.divmod(np.arange(n2 * n2), n2)  # (col, row) of each flat position
         self._offdiag = np.where(rows == cols, 1.0, 2.0)
-        self._a21_rows = idx[below] - n1
-        self._a21_ptr = np.r_[0, np.cumsum(k)]
-        self._pattern = (ptr.copy(), idx.copy())
+        self._diag, self._below, self._cut = ptr[:n1].copy(), below, int(ptr[n1])
+        self.A21 = sp.csc_matrix(
+            (np.zeros(len(below)), idx[below] - n1, np.r_[0, np.cumsum(k)]), shape=(n2, n1)
+        )
+        self._a21_cols = np.repeat(np.arange(n1), k)
+        right_cols = np.repeat(np.arange(n2), np.diff(ptr[n1:]))
+        self._a22_pos = (idx[self._cut :] - n1) + right_cols * n2
+        self._pattern = (ptr, idx)
 
     def update_theta(self, theta1: float, lam2: sp.csc_matrix) -> None:
         """Refactor at theta: theta_1 scales the first term, Lambda_2 the others."""
@@ -324,13 +331,14 @@ class ScalarSchurFactor(SchurFactor):
             S = K
             S *= lam[:, None]
             S *= lam[None, :]
-            BD = self.A21.multiply(lam[:, None]).multiply(theta1 / d[None, :])
+            BD = self.A21.copy()
+            BD.data = BD.data * lam[BD.indices] * (theta1 / d)[self._a21_cols]
         else:
             K = K + np.tril(K, -1).T
             S = np.asfortranarray(lam2.T @ np.asarray(lam2.T @ K).T)
-            BD = lam2.T @ self.A21.multiply(theta1 / d[None, :])
+            BD = lam2.T @ self.A21.multiply(theta1 / d[None, :]).tocsc()
         S[np.diag_indices_from(S)] += 1.0
-        self.BD = sp.csr_matrix(BD)
+        self.BD = sp.csc_matrix(BD)
         LS, info = lapack.dpotrf(S, lower=1, clean=0, overwrite_a=1)
         if info != 0:
             raise np.linalg.LinAlgError("Schur complement is not positive definite")

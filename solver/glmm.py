@@ -44,6 +44,7 @@ PIRLS_TOL = 1e-14  # for the finite-difference Hessian (checks, standard errors)
 PIRLS_TOL_SEARCH = 1e-10  # while BOBYQA searches (it stops at 1e-7)
 PIRLS_MAXIT = 40
 GLMM_DELTA = 1e-3
+STAGE1_TOL = 1e-4  # stage 1 only starts stage 2, which refines theta with beta
 
 
 class WeightedPass:
@@ -214,7 +215,8 @@ class GeneralizedLinearMixedModel:
         )  # fmt: skip
         with threadpool_limits(self.pls.factor.blas_limits()):
             self.pirls_tol = PIRLS_TOL_SEARCH
-            stage1 = minimize(self.laplace, self.tmap.start(), self.tmap.lower(), control, progress)
+            coarse = replace(control, ftol_abs=STAGE1_TOL, xtol_abs=STAGE1_TOL, ftol_rel=0.0)
+            stage1 = minimize(self.laplace, self.tmap.start(), self.tmap.lower(), coarse, progress)
             self.pirls(stage1.x)
             steps = self._steps(stage1.x, control)
             x0 = np.concatenate([stage1.x, self.state.beta])
