@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 from .errors import DataError
 
@@ -40,14 +40,16 @@ def _cloglog_inv(eta: Array) -> Array:
     return np.clip(-np.expm1(-np.exp(eta)), _EPS, 1 - _EPS)
 
 
+_SQRT_2PI = float(np.sqrt(2 * np.pi))
+
 LINKS = {
     "logit": Link(
         "logit", special.logit, _logit_inv,
         lambda e: np.maximum(special.expit(e) * special.expit(-e), _EPS),
     ),
     "probit": Link(
-        "probit", stats.norm.ppf, lambda e: np.clip(stats.norm.cdf(e), _EPS, 1 - _EPS),
-        lambda e: np.maximum(stats.norm.pdf(e), _EPS),
+        "probit", special.ndtri, lambda e: np.clip(special.ndtr(e), _EPS, 1 - _EPS),
+        lambda e: np.maximum(np.exp(-0.5 * e * e) / _SQRT_2PI, _EPS),
     ),
     "cloglog": Link(
         "cloglog", lambda m: np.log(-np.log1p(-m)), _cloglog_inv,
@@ -83,8 +85,12 @@ class Family:
         """-2 log-likelihood, as R's family$aic (prior weights = trials for binomial)."""
         if self.name == "binomial":
             m = np.round(wt)
-            return float(-2 * np.sum(stats.binom.logpmf(np.round(m * y), m, mu)))
-        return float(-2 * np.sum(wt * stats.poisson.logpmf(y, mu)))
+            k = np.round(m * y)
+            log_choose = special.gammaln(m + 1) - special.gammaln(k + 1) - special.gammaln(m - k + 1)
+            logpmf = log_choose + special.xlogy(k, mu) + special.xlog1py(m - k, -mu)
+            return float(-2 * np.sum(logpmf))
+        logpmf = special.xlogy(y, mu) - mu - special.gammaln(y + 1)
+        return float(-2 * np.sum(wt * logpmf))
 
     def initial_mu(self, y: Array, wt: Array) -> Array:
         """R's family$initialize."""
