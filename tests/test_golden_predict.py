@@ -1,9 +1,9 @@
-"""Predictions on new data against lme4 (tests/golden/predict_golden.json, kind "predict").
+"""Inference after the fit against R (tests/golden/predict_golden.json, predict_golden.R).
 
-lme4's ``predict(m, newdata, re.form, allow.new.levels = TRUE)`` and the fixed-part
-standard errors sqrt(diag(X_new vcov(m) X_new')), on new rows with known levels, new
-levels, a missing grouping value (a new level, as lme4) and a missing covariate (a null
-prediction, lme4's NA).
+Predictions (kind "predict"): lme4's ``predict(m, newdata, re.form, allow.new.levels =
+TRUE)`` and the fixed-part standard errors sqrt(diag(X_new vcov(m) X_new')), on new rows
+with known levels, new levels, a missing grouping value (a new level, as lme4) and a
+missing covariate (a null prediction, lme4's NA).
 
 Tolerances: lme4's optimum differs from ours by ~1e-6 relative in theta, which moves
 predictions by up to ~6e-6 relative (Exam with random slopes) and standard errors by up
@@ -12,6 +12,14 @@ lme4's theta (``LinearMixedModel.solve(theta)``, no optimizing), where everythin
 (beta, the conditional modes, sigma) follows from theta; relative 1e-8, absolute 1e-8
 times the largest |prediction| for values near 0.  At our own optimum the same numbers
 agree to 1e-4.
+
+ICC (kind "icc"): performance::icc's adjusted and conditional ICC, insight's variance
+components, icc(by_group = TRUE) and the design effect, 1e-6 relative at lme4's theta
+(absolute 1e-12 for var_fixed = 0), 1e-4 at our optimum.
+
+Satterthwaite (kind "satterthwaite"): summary(lmerTest::lmer(...))'s df 1e-3 and p 1e-4
+relative at lme4's estimates (measured: 1e-7 and 4e-6); at our optimum df 1e-3 and p
+1e-2, as t differs by up to 7e-5 there and p's relative error is about t^2 times that.
 """
 
 from __future__ import annotations
@@ -26,20 +34,26 @@ import pyarrow.parquet as pq
 import pytest
 
 from sparsemm import solver
+from sparsemm.solver.icc import icc
 from sparsemm.solver.lmm import LinearMixedModel, LMMFit
 from sparsemm.solver.results import build_result
+from sparsemm.solver.satterthwaite import satterthwaite, varpar_covariance
 
 HERE = Path(__file__).parent
 DATA = HERE / "data"
 GOLDEN = json.loads((HERE / "golden" / "predict_golden.json").read_text())
-CASES = {c["name"]: c for c in GOLDEN if c["kind"] == "predict"}
+CASES = {c["name"]: c for c in GOLDEN}
+PREDICT = [n for n, c in CASES.items() if c["kind"] == "predict"]
+ICC = [n for n, c in CASES.items() if c["kind"] == "icc"]
+SATTERTHWAITE = [n for n, c in CASES.items() if c["kind"] == "satterthwaite"]
 SLEEP = str(DATA / "sleepstudy.parquet")
 
 
 @cache
 def model(name: str) -> LinearMixedModel:
     case = CASES[name]
-    data = solver.prepare(case["formula"], str(DATA / f"{case['uses_dataset']}.parquet"))
+    path = str(DATA / f"{case['uses_dataset']}.parquet")
+    data = solver.prepare(case["formula"], path, weights=case.get("weights"))
     return LinearMixedModel(data, reml=case["REML"])
 
 
@@ -67,7 +81,7 @@ def assert_close(got: np.ndarray, expected: np.ndarray, rel: float) -> None:
     np.testing.assert_allclose(got[ok], expected[ok], rtol=rel, atol=rel * scale)
 
 
-PARAMS = [(n, i) for n, c in CASES.items() for i in range(len(c["predictions"]))]
+PARAMS = [(n, i) for n in PREDICT for i in range(len(CASES[n]["predictions"]))]
 
 
 @pytest.mark.parametrize(("name", "i"), PARAMS, ids=[f"{n}-{i}" for n, i in PARAMS])
@@ -129,3 +143,61 @@ def test_same_predictions_from_a_csv_and_an_sql_source(tmp_path: Path) -> None:
     for source in (str(csv), f"sql:SELECT * FROM read_parquet('{parquet}')"):
         got = fit.predict(source).column("fit")
         assert_close(values(got), expected, 1e-12)
+
+
+# ---- ICC -------------------------------------------------------------------------------
+
+
+def close(actual: float | None, expected: float | None, rel: float, abs_: float = 0.0) -> bool:
+    if expected is None or actual is None:
+        return actual is expected
+    return abs(actual - expected) <= max(rel * abs(expected), abs_)
+
+
+@pytest.mark.parametrize("name", ICC)
+@pytest.mark.parametrize("at_lme4", [True, False], ids=["lme4_theta", "our_optimum"])
+def test_icc(name: str, at_lme4: bool) -> None:
+    case = CASES[name]
+    got = icc(fitted(name, at_lme4))
+    rel = 1e-6 if at_lme4 else 1e-4
+    assert close(got.adjusted, case["icc_adjusted"], rel), (got, case["icc_adjusted"])
+    assert close(got.conditional, case["icc_conditional"], rel), got
+    assert close(got.var_fixed, case["var_fixed"], rel, 1e-12), got
+    assert close(got.var_random, case["var_random"], rel), got
+    assert close(got.var_residual, case["var_residual"], rel), got
+    by_group, deff = case["icc_by_group"] or {}, case["design_effect"] or {}
+    assert set(got.by_group) == set(by_group) and set(got.design_effect) == set(deff)
+    for g in by_group:
+        assert close(got.by_group[g], by_group[g], rel), g
+        assert close(got.design_effect[g], deff[g], rel), g
+
+
+def test_icc_of_a_singular_fit_is_none_with_a_note() -> None:
+    got = icc(fitted("icc_dyestuff2_singular", False))
+    assert got.adjusted is None and got.conditional is None and got.note
+
+
+# ---- Satterthwaite -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SATTERTHWAITE)
+@pytest.mark.parametrize("at_lme4", [True, False], ids=["lme4_theta", "our_optimum"])
+def test_satterthwaite(name: str, at_lme4: bool) -> None:
+    case = CASES[name]
+    tests = satterthwaite(fitted(name, at_lme4))
+    assert [t.term for t in tests] == list(case["coef"])
+    p_rel = 1e-4 if at_lme4 else 1e-2
+    for t in tests:
+        expected = case["coef"][t.term]
+        assert close(t.df, expected["df"], 1e-3), (t, expected)
+        assert close(t.p_value, expected["p"], p_rel, 1e-300), (t, expected)
+        assert close(t.statistic, expected["t"], 1e-8 if at_lme4 else 1e-4), (t, expected)
+        assert close(t.std_error, expected["se"], 1e-8 if at_lme4 else 1e-4), (t, expected)
+
+
+def test_vcov_varpar_is_lmertests() -> None:
+    """A = 2 H^+ itself (lmerTest's vcov_varpar slot), at lme4's estimates."""
+    case = CASES["satt_sleepstudy"]
+    A = varpar_covariance(fitted("satt_sleepstudy", True)).vcov_varpar
+    expected = np.asarray(case["vcov_varpar"]).reshape(A.shape, order="F")
+    np.testing.assert_allclose(A, expected, rtol=1e-5, atol=1e-5 * np.max(np.abs(expected)))
