@@ -74,7 +74,8 @@ class VarparCovariance:
         L = np.asarray(L, dtype=float)
         v = float(L @ self.vcov_beta @ L)
         g = np.einsum("i,kij,j->k", L, self.jacobian, L)
-        df = 2.0 * v**2 / float(g @ self.vcov_varpar @ g)
+        denom = float(g @ self.vcov_varpar @ g)
+        df = 2.0 * v**2 / denom if denom > 0 else math.inf  # C does not vary: a z-test
         estimate = float(L @ self.beta)
         t = estimate / math.sqrt(v)
         p = float(2.0 * stats.t.sf(abs(t), df))
