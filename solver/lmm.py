@@ -33,7 +33,9 @@ from .optimize import (
     minimize_log_scale,
 )
 from .pls import PLS, Criterion, PLSSolution, ThetaMap
+from .predict import predict
 from .results import FitResult, build_result, ranef_table
+from .sources import Source
 
 IterationProgress = Callable[[int, float], None]
 
@@ -184,6 +186,19 @@ class LMMFit:
             pearson.append(resid[-1] * w / sigma)
         return pa.table({"fitted": np.concatenate(fitted), "residual": np.concatenate(resid),
                          "pearson": np.concatenate(pearson)})  # fmt: skip
+
+    def predict(
+        self,
+        newdata: str | pa.Table | Source,
+        re_form: str | None = None,
+        allow_new_levels: bool = True,
+        se_fit: bool = False,
+    ) -> pa.Table:
+        """Predictions on new rows, lme4's predict(fit, newdata, re.form, allow.new.levels):
+        columns fit (and se_fit, of the fixed part), one row per new row, null where a row
+        has missing values.  ``re_form``: None (all terms), "NA" (none) or bar terms such
+        as "~(1 | Subject)".  See ``solver.predict``."""
+        return predict(self, newdata, re_form, allow_new_levels, se_fit)
 
 
 def fit(

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from sparsemm import solver
+from sparsemm import cli_inference, solver
 from sparsemm.solver.results import json_safe
 from sparsemm.summary import summary_text
 
@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=["auto", "schur", "metis", "amd", "nesdis", "best", "natural"],
     )
     f.add_argument("--quiet", action="store_true", help="no progress bars")
+    cli_inference.add_arguments(sub, f)
     _serve_parser(sub)
     return p
 
@@ -97,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     try:
+        if args.command == "predict":
+            return cli_inference.predict_command(args)
         return _fit_remote(args) if args.server else _fit(args)
     except (solver.InputError, BadInput) as exc:
         print(f"sparsemm: error: {exc}", file=sys.stderr)
@@ -164,6 +167,7 @@ def _fit_remote(args: argparse.Namespace) -> int:
 def _check_options(args: argparse.Namespace) -> None:
     if args.family == "gaussian" and args.link not in (None, "identity"):
         raise BadInput(f"--link {args.link}: the gaussian family uses the identity link")
+    cli_inference.check_fit_options(args)
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -184,13 +188,13 @@ def _fit(args: argparse.Namespace) -> int:
     result = fitted.result
     timings = {"read_s": read_s, "fit_s": time.perf_counter() - started - read_s}
     scaled = _write_outputs(fitted, args)
+    out = cli_inference.augment(result.to_dict(), fitted, args)
     timings["total_s"] = time.perf_counter() - started
     if args.format == "json":
-        out = result.to_dict()
         out["timings"] = timings
         print(json.dumps(json_safe(out)))
     else:
-        sys.stdout.write(summary_text(result, args.data, scaled))
+        sys.stdout.write(summary_text(out, args.data, scaled))
     return 0
 
 

@@ -7,6 +7,9 @@ in-process and against a server; this module feeds it an in-process result.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 from sparsemm.solver import FitResult
@@ -22,6 +25,11 @@ def residual_quantiles(scaled_resid: np.ndarray) -> list[float]:
     return [float(v) for v in np.quantile(scaled_resid, QUANTILES)]
 
 
-def summary_text(result: FitResult, data_name: str, scaled_resid: np.ndarray | None) -> str:
+def summary_text(
+    result: FitResult | Mapping[str, Any], data_name: str, scaled_resid: np.ndarray | None
+) -> str:
+    """The summary of a result or of its JSON contract (which may carry more, e.g. the
+    Satterthwaite df and the ICC of ``sparsemm.cli_inference``)."""
     quantiles = None if scaled_resid is None else residual_quantiles(scaled_resid)
-    return format_summary(result.to_dict(), data_name, quantiles)
+    contract = result.to_dict() if isinstance(result, FitResult) else result
+    return format_summary(contract, data_name, quantiles)

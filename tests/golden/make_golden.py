@@ -1,15 +1,19 @@
 """Regenerate the lme4 golden values and the test datasets from R.
 
     .venv/bin/python tests/golden/make_golden.py [lme4_golden] [glmer_golden] [inference_golden]
+                                                 [predict_golden]
 
-Needs ``Rscript`` with the R packages lme4, mlmRev and jsonlite (Debian/Ubuntu:
-``apt-get install r-cran-lme4 r-cran-mlmrev r-cran-jsonlite``).  It runs each golden
-set's R script (all of them unless some are named) into a temporary directory and,
-once every script has succeeded, writes
+Needs ``Rscript`` with the R packages lme4, mlmRev and jsonlite, and for predict_golden
+lmerTest, performance and numDeriv (Debian/Ubuntu: ``apt-get install r-cran-lme4
+r-cran-mlmrev r-cran-jsonlite r-cran-lmertest r-cran-performance r-cran-numderiv``).
+It runs each golden set's R script (all of them unless some are named) into a temporary
+directory and, once every script has succeeded, writes
 
     tests/golden/lme4_golden.json   lmer's results per case (lme4_golden.R)
     tests/golden/glmer_golden.json  glmer's results per case (glmer_golden.R)
     tests/golden/inference_golden.json  anova() and Wald intervals (inference_golden.R)
+    tests/golden/predict_golden.json    predict(newdata), performance::icc and lmerTest's
+                                        Satterthwaite df (predict_golden.R)
     tests/golden/R_VERSIONS.txt     R, lme4, Matrix, mlmRev and jsonlite versions
     tests/data/NAME.parquet         each dataset the cases use (zstd-compressed)
 
@@ -42,8 +46,11 @@ import pyarrow.parquet as pq
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "data"
 # Each golden set is an R script NAME.R that writes NAME.json (and its datasets).
-GOLDEN_SETS = ("lme4_golden", "glmer_golden", "inference_golden")
-INSTALL_HINT = "apt-get install r-cran-lme4 r-cran-mlmrev r-cran-jsonlite"
+GOLDEN_SETS = ("lme4_golden", "glmer_golden", "inference_golden", "predict_golden")
+INSTALL_HINT = (
+    "apt-get install r-cran-lme4 r-cran-mlmrev r-cran-jsonlite r-cran-lmertest "
+    "r-cran-performance r-cran-numderiv"
+)
 
 
 def read_export(out: Path, name: str) -> tuple[pd.DataFrame, dict, dict]:

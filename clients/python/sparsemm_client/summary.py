@@ -60,19 +60,39 @@ def random_effects_lines(result: Mapping[str, Any]) -> list[str]:
     return _table(rows, {2, 3})
 
 
+def _pval(p: Any) -> str:
+    """R's format.pval: "<2e-16" below machine precision, else 3 significant digits."""
+    return "<2e-16" if _num(p) < 2.2e-16 else f"{_num(p):.3g}"
+
+
 def fixed_effects_lines(result: Mapping[str, Any]) -> list[str]:
+    """Estimate, Std. Error, statistic; with Satterthwaite entries (``df``, ``p_value``)
+    lmerTest's columns: Estimate, Std. Error, df, t value, Pr(>|t|)."""
     stat = "t value" if result["family"] == "gaussian" else "z value"
-    rows = [["", "Estimate", "Std. Error", stat]]
+    satt = any("df" in fe for fe in result["fixed_effects"])
+    rows = [["", "Estimate", "Std. Error"] + ["df"] * satt + [stat] + ["Pr(>|t|)"] * satt]
     for fe in result["fixed_effects"]:
-        rows.append(
-            [
-                fe["term"],
-                f"{_num(fe['estimate']):.6g}",
-                f"{_num(fe['std_error']):.4g}",
-                f"{_num(fe['statistic']):.3f}",
-            ]
-        )
-    return _table(rows, {1, 2, 3})
+        row = [fe["term"], f"{_num(fe['estimate']):.6g}", f"{_num(fe['std_error']):.4g}"]
+        if satt:
+            row.append(f"{_num(fe.get('df')):.2f}")
+        row.append(f"{_num(fe['statistic']):.3f}")
+        if satt:
+            row.append(_pval(fe.get("p_value")))
+        rows.append(row)
+    return _table(rows, set(range(1, len(rows[0]))))
+
+
+def icc_lines(icc: Mapping[str, Any]) -> list[str]:
+    """The ``icc`` object of a fit (performance::icc's numbers and design effects)."""
+    lines = ["", "Intraclass correlation (performance::icc):"]
+    if icc["adjusted"] is None:
+        return lines + [f" not available: {icc.get('note') or 'no random-effect variance'}"]
+    lines.append(f" Adjusted ICC: {_num(icc['adjusted']):.4f}   "
+                 f"Conditional ICC: {_num(icc['conditional']):.4f}")  # fmt: skip
+    if icc.get("design_effect"):
+        parts = ", ".join(f"{g} {_num(v):.4g}" for g, v in icc["design_effect"].items())
+        lines.append(f" Design effect, 1 + (n/J - 1) ICC: {parts}")
+    return lines
 
 
 def _header(result: Mapping[str, Any]) -> list[str]:
@@ -109,6 +129,8 @@ def format_summary(
     groups = ", ".join(f"{g}, {n}" for g, n in result["ngroups"].items())
     lines.append(f"Number of obs: {result['nobs']}, groups:  {groups}")
     lines += ["", "Fixed effects:"] + fixed_effects_lines(result)
+    if result.get("icc") is not None:
+        lines += icc_lines(result["icc"])
     for msg in result["messages"]:
         lines.append(msg)
     return "\n".join(lines) + "\n"
