@@ -86,7 +86,8 @@ class Family:
         if self.name == "binomial":
             m = np.round(wt)
             k = np.round(m * y)
-            log_choose = special.gammaln(m + 1) - special.gammaln(k + 1) - special.gammaln(m - k + 1)
+            lg = special.gammaln
+            log_choose = lg(m + 1) - lg(k + 1) - lg(m - k + 1)
             logpmf = log_choose + special.xlogy(k, mu) + special.xlog1py(m - k, -mu)
             return float(-2 * np.sum(logpmf))
         logpmf = special.xlogy(y, mu) - mu - special.gammaln(y + 1)
