@@ -38,8 +38,9 @@ from .pls import PLS, Criterion, PLSSolution, lower_colmajor
 TRACE_CHUNK = 4096
 
 
-def gradient_available(pls: PLS) -> bool:
-    return isinstance(pls.factor, SchurFactor)
+def gradient_available(pls: object) -> bool:
+    """Only the Schur factor gives the closed form (CHOLMOD and the iterative path not)."""
+    return isinstance(pls, PLS) and isinstance(pls.factor, SchurFactor)
 
 
 def gradient(pls: PLS, crit: Criterion, sol: PLSSolution) -> np.ndarray | None:

@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from .condvar import conditional_variances
 from .crossprod import z_matrix
+from .errors import InputError
 from .gradient import forward_gradient, gradient, gradient_available
 from .model import ModelData
 from .optimize import (
@@ -32,7 +33,8 @@ from .optimize import (
     minimize,
     minimize_log_scale,
 )
-from .pls import PLS, Criterion, PLSSolution, ThetaMap
+from .pls import PLS, Criterion, FactorTooLarge, PLSSolution, ThetaMap
+from .pls_iterative import IterativePLS, IterativeSolution
 from .predict import predict
 from .results import FitResult, build_result, ranef_table
 from .sources import Source
@@ -47,7 +49,7 @@ class LinearMixedModel:
         self.data = data
         self.reml = reml
         self.tmap = ThetaMap.build(data.layout)
-        self.pls = PLS(data.cp, self.tmap, ordering)
+        self.pls = make_pls(data, self.tmap, ordering)
         cp = data.cp
         self.criterion = Criterion(reml, cp.n, cp.XtX.shape[0], cp.sum_log_w)
         self._last: tuple[PLSSolution, np.ndarray | None] | None = None
@@ -82,6 +84,7 @@ class LinearMixedModel:
         assert self._last is not None
         if self._last[1] is not None:
             return value, self._last[1].copy()
+        assert isinstance(self.pls, PLS)  # (gradient_available)
         grad = gradient(self.pls, self.criterion, sol)
         if grad is None:  # (forward differences move the factor: solve again after)
             grad = forward_gradient(self.objective, np.asarray(theta, float), value)
@@ -125,8 +128,41 @@ class LinearMixedModel:
         if not opt.status.startswith("converged"):
             checks.append(Diagnostic("optimizer", "warning", opt.status))
         sol = self.solve(theta)
+        if isinstance(sol, IterativeSolution):
+            checks.append(_logdet_error(sol))
         result = build_result(self, sol, checks, opt.evaluations, optimizer)
         return LMMFit(self, sol, result, time.perf_counter() - started)
+
+
+def _logdet_error(sol: IterativeSolution) -> Diagnostic:
+    return Diagnostic(
+        "logdet_mc_error", "info",
+        f"log|L|^2 by stochastic Lanczos quadrature: Monte Carlo standard error "
+        f"{sol.logdet_se:.2g} (in the objective)", value=sol.logdet_se,
+    )  # fmt: skip
+
+
+def make_pls(data: ModelData, tmap: ThetaMap, ordering: str) -> PLS | IterativePLS:
+    """The exact PLS (CHOLMOD or dense Schur complement) unless its factor would be too
+    large, or ``ordering="iterative"``: then solves and a stochastic log-determinant
+    (needs a scalar first term, which it eliminates exactly)."""
+    if ordering == "iterative":
+        return _iterative(data, tmap)
+    try:
+        return PLS(data.cp, tmap, ordering)
+    except FactorTooLarge:
+        if data.layout.p[0] != 1 or ordering != "auto":
+            raise
+        return _iterative(data, tmap)
+
+
+def _iterative(data: ModelData, tmap: ThetaMap) -> IterativePLS:
+    if data.layout.p[0] != 1 or len(data.layout.p) < 2:
+        raise InputError(
+            "the iterative path needs a scalar first random-effects term, e.g. (1 | patient), "
+            "and at least one more term", "formula",
+        )  # fmt: skip
+    return IterativePLS(data.cp, tmap)
 
 
 def _theta_gradient_above(fg, x: np.ndarray, gtol: float) -> bool:
@@ -163,8 +199,9 @@ class LMMFit:
         self._refresh()
         _, b = self.model.pls.modes(self.sol)
         var = None
-        if cond_var:
-            var = conditional_variances(self.model.pls, self.model.tmap, self.sol)
+        pls = self.model.pls
+        if cond_var and isinstance(pls, PLS):  # (not available on the iterative path yet)
+            var = conditional_variances(pls, self.model.tmap, self.sol)
             var = var * self.criterion_sigma2()
         return ranef_table(self.model.data, b, var)
 

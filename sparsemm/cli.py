@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--ordering",
         default="auto",
-        choices=["auto", "schur", "metis", "amd", "nesdis", "best", "natural"],
+        choices=["auto", "schur", "iterative", "metis", "amd", "nesdis", "best", "natural"],
     )
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     cli_inference.add_arguments(sub, f)

@@ -1,0 +1,401 @@
+"""PLS without a Cholesky factor of the crossed block: PCG solves and a stochastic
+Lanczos log-determinant on the Schur complement (for designs whose exact factor fills in
+beyond memory, e.g. patients x physicians x hospitals at 10M rows).
+
+The first term (scalar, the most levels) is eliminated exactly, as in ``SchurFactor``:
+
+    M = Lambda'Z'WZ Lambda + I = [ D   B' ]    D = theta_1^2 diag(a) + I   (a = diag A11)
+                                 [ B   M22]    B = Lambda_2' A21 theta_1
+    S = M22 - B D^-1 B' = I + Lambda_2' (A22 - A21 diag(w) A12) Lambda_2,   w = theta_1^2 / d
+
+S is applied matrix-free (two sparse products with A21, one with A22).  Solves:
+
+    M x = r:   x2 = S^-1 (r2 - B D^-1 r1)  by preconditioned CG,   x1 = D^-1 (r1 - B' x2)
+
+Preconditioner P: the diagonal blocks of S over clusters of the trailing levels (each
+level of the coarsest trailing term with the levels that meet it most, e.g. a hospital
+with its physicians), factored P_c = C_c C_c' in batches of equal size.  Then
+
+    log|M| = sum log d + log|P| + tr log(A~),     A~ = C^-1 S C^-T = I + E
+
+E has zero diagonal blocks, so tr(A~ - I) = 0 exactly, and the trace is estimated as
+
+    tr log(A~) = tr f(A~),  f(x) = log x - (x - 1)     (f = O(E^2): a control variate)
+              ~ (1/m) sum_i |z_i|^2 e_1' f(T_i) e_1    (Lanczos on A~ from Rademacher z_i)
+
+with m fixed probes drawn once per model (common random numbers: the estimate is a
+smooth, deterministic function of theta, which a derivative-free optimizer can use);
+its Monte Carlo standard error is sd_i / sqrt(m), reported with the fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from .crossprod import TermLayout
+
+PROBES = 64  # Rademacher probe vectors for the log-determinant
+LANCZOS_MAX = 60  # Lanczos steps at most (A~ is well conditioned: ~10-20 suffice)
+LANCZOS_TOL = 1e-12  # stop when every probe's quadrature moves less than this
+CG_TOL = 1e-12  # relative residual of the PCG solves
+CG_MAXIT = 1000
+DEFLATE_WIDTH = 8  # block Krylov deflation: starting vectors
+DEFLATE_ROUNDS = 3  # and powers of A~ (a space of width x (rounds + 1))
+MAX_CLUSTER = 400  # largest preconditioner block
+SEED = 20240601
+
+
+@dataclass(frozen=True)
+class Clusters:
+    """A partition of the trailing columns into preconditioner blocks, grouped by size:
+    ``batches[b]`` is an (n_b, size_b) array of column indices (0-based in S)."""
+
+    batches: tuple[np.ndarray, ...]
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(int(b.shape[1]) for b in self.batches)
+
+
+def trailing_clusters(A22: sp.csr_matrix, layout: TermLayout, n1: int) -> Clusters:
+    """Each level of the coarsest trailing term seeds a cluster; every level of the other
+    trailing terms joins the seed it shares the most weight with in A22 (a physician the
+    hospital where it works); levels that meet no seed stay alone."""
+    terms = [
+        (off - n1, p, nl)
+        for off, p, nl in zip(layout.offsets[1:], layout.p[1:], layout.nlevels[1:])
+    ]
+    n2 = A22.shape[0]
+    seed_k = int(np.argmin([nl for _, _, nl in terms]))
+    s_off, s_p, s_nl = terms[seed_k]
+    label = np.full(n2, -1, dtype=np.int64)
+    label[s_off : s_off + s_p * s_nl] = np.repeat(np.arange(s_nl), s_p)
+    to_seed = A22[:, s_off : s_off + s_p * s_nl].tocsr()
+    next_label = s_nl
+    for k, (off, p, nl) in enumerate(terms):
+        if k == seed_k:
+            continue
+        block = abs(to_seed[off : off + p * nl])  # (p nl) x (p s_nl)
+        per_level = _sum_rows(block, p, nl) @ _sum_cols(s_p, s_nl)  # nl x s_nl
+        best = np.asarray(per_level.argmax(axis=1)).ravel()
+        linked = np.asarray(per_level.max(axis=1).todense()).ravel() > 0
+        lab = np.where(linked, best, next_label + np.arange(nl))
+        next_label += nl
+        label[off : off + p * nl] = np.repeat(lab, p)
+    return _batched(_split_large(label, MAX_CLUSTER))
+
+
+def _sum_rows(block: sp.csr_matrix, p: int, nl: int) -> sp.csr_matrix:
+    agg = sp.csr_matrix((np.ones(p * nl), (np.repeat(np.arange(nl), p), np.arange(p * nl))))
+    return agg @ block
+
+
+def _sum_cols(p: int, nl: int) -> sp.csr_matrix:
+    return sp.csr_matrix((np.ones(p * nl), (np.arange(p * nl), np.repeat(np.arange(nl), p))))
+
+
+def _split_large(label: np.ndarray, cap: int) -> np.ndarray:
+    """Cut clusters above ``cap`` columns into consecutive pieces (levels stay whole:
+    a level's p columns are adjacent and cap is far above p)."""
+    order = np.argsort(label, kind="stable")
+    sorted_label = label[order]
+    start = np.r_[0, np.flatnonzero(np.diff(sorted_label)) + 1]
+    rank = np.arange(len(label)) - np.repeat(start, np.diff(np.r_[start, len(label)]))
+    piece = np.empty_like(label)
+    piece[order] = sorted_label * (len(label) + 1) + rank // cap
+    return np.unique(piece, return_inverse=True)[1]
+
+
+def _batched(label: np.ndarray) -> Clusters:
+    order = np.argsort(label, kind="stable")
+    counts = np.bincount(label)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    batches = []
+    for size in np.unique(counts):
+        which = np.flatnonzero(counts == size)
+        cols = order[starts[which][:, None] + np.arange(size)[None, :]]
+        batches.append(cols)
+    return Clusters(tuple(batches))
+
+
+@dataclass(frozen=True)
+class LogDet:
+    """log|M| by stochastic Lanczos quadrature, with its Monte Carlo standard error."""
+
+    value: float
+    std_error: float
+    probes: int
+    lanczos_steps: int
+
+
+class SchurOperator:
+    """S = I + Lambda_2' (A22 - A21 diag(w) A12) Lambda_2 at one theta, with its block
+    preconditioner, PCG solves and the stochastic log-determinant (module docstring)."""
+
+    def __init__(self, A: sp.csc_matrix, layout: TermLayout, probes: int = PROBES) -> None:
+        n1 = layout.nlevels[0] * layout.p[0]
+        if layout.p[0] != 1:
+            raise ValueError("the iterative path eliminates a scalar first term")
+        self.n1, self.n2 = n1, A.shape[0] - n1
+        A = A.tocsc()
+        A.sort_indices()
+        self.a = np.asarray(A.diagonal()[:n1])
+        lower = sp.tril(A, format="csc")
+        self.A21 = lower[n1:, :n1].tocsr()
+        self.A12 = self.A21.T.tocsr()
+        L22 = lower[n1:, n1:]
+        self.A22 = (L22 + sp.tril(L22, -1).T).tocsr()
+        self.clusters = trailing_clusters(self.A22, layout, n1)
+        self._within = _within_pairs(self.A21, self.A22, self.clusters)
+        rng = np.random.default_rng(SEED)
+        self.Z = rng.choice(np.array([-1.0, 1.0]), size=(self.n2, probes))
+        self.Y0 = rng.standard_normal((self.n2, DEFLATE_WIDTH))
+        self.cg_iterations = 0
+
+    @property
+    def deflation_width(self) -> int:
+        return min(self.n2, DEFLATE_WIDTH * (DEFLATE_ROUNDS + 1))
+
+    @property
+    def nblocks(self) -> int:
+        return int(sum(b.shape[0] for b in self.clusters.batches))
+
+    def blas_limits(self) -> dict[str, int] | None:
+        return None
+
+    def level_blocks(self, off: int, p: int, levels: np.ndarray) -> np.ndarray:
+        raise NotImplementedError("conditional variances are not available on the iterative path")
+
+    # -- per theta -------------------------------------------------------------------
+    def update(self, theta1: float, lam2: sp.csc_matrix) -> None:
+        t2 = theta1 * theta1
+        self.theta1, self.d = theta1, t2 * self.a + 1.0
+        self.w = t2 / self.d
+        self.lam2 = lam2.tocsr()
+        self.lam2t = lam2.T.tocsr()
+        self.Cinv = self._block_factors()
+
+    def _block_factors(self) -> list[np.ndarray]:
+        """C_c^-1 for every cluster block P_c = S[c, c] = C_c C_c'; log|P| kept."""
+        K = self._within.values(self.w)
+        out, logdet = [], 0.0
+        for cols, Kb in zip(self.clusters.batches, K):
+            lam = _dense_blocks(self.lam2, cols)
+            P = np.einsum("cji,cjk,ckl->cil", lam, Kb, lam)
+            P += np.eye(cols.shape[1])[None]
+            C = np.linalg.cholesky(P)
+            logdet += 2.0 * float(np.sum(np.log(np.diagonal(C, axis1=1, axis2=2))))
+            eye = np.broadcast_to(np.eye(cols.shape[1]), C.shape)
+            out.append(np.linalg.solve(C, eye))
+        self.logdet_P = logdet
+        return out
+
+    def apply(self, V: np.ndarray) -> np.ndarray:
+        """S V."""
+        LV = self.lam2 @ V
+        inner = self.A22 @ LV - self.A21 @ (self.w[:, None] * (self.A12 @ LV))
+        return V + self.lam2t @ inner
+
+    def _blocks(self, V: np.ndarray, transpose: bool) -> np.ndarray:
+        """C^-1 V (or C^-T V), block by block."""
+        out = np.empty_like(V)
+        for cols, Ci in zip(self.clusters.batches, self.Cinv):
+            Vb = V[cols]  # (n_b, size, m)
+            op = np.transpose(Ci, (0, 2, 1)) if transpose else Ci
+            out[cols] = np.matmul(op, Vb)
+        return out
+
+    def precondition(self, R: np.ndarray) -> np.ndarray:
+        """P^-1 R = C^-T C^-1 R."""
+        return self._blocks(self._blocks(R, False), True)
+
+    def solve(self, R: np.ndarray) -> np.ndarray:
+        """S^-1 R by preconditioned conjugate gradients, all columns at once."""
+        X = np.zeros_like(R)
+        Rk = R.copy()
+        Zk = self.precondition(Rk)
+        Pk = Zk.copy()
+        rz = np.sum(Rk * Zk, axis=0)
+        norm0 = np.maximum(np.linalg.norm(R, axis=0), 1e-300)
+        for it in range(1, CG_MAXIT + 1):
+            self.cg_iterations = it
+            SP = self.apply(Pk)
+            alpha = rz / np.maximum(np.sum(Pk * SP, axis=0), 1e-300)
+            X += Pk * alpha
+            Rk -= SP * alpha
+            if np.all(np.linalg.norm(Rk, axis=0) <= CG_TOL * norm0):
+                break
+            Zk = self.precondition(Rk)
+            rz_new = np.sum(Rk * Zk, axis=0)
+            Pk = Zk + Pk * (rz_new / np.maximum(rz, 1e-300))
+            rz = rz_new
+        return X
+
+    def logdet(self) -> LogDet:
+        """log|M| = sum log d + log|P| + tr f(A~): the part on a deflation space W
+        (block Krylov from fixed vectors: it catches the few outlying eigenvalues of A~
+        that carry most of the variance) by Lanczos quadrature from W's columns, the rest
+        by Hutchinson on (I - W W') z (unbiased whatever W is)."""
+        W = self._deflation_space()
+        on_w, steps_w = _lanczos_quadrature(self._tilde, W)
+        Zq = self.Z - W @ (W.T @ self.Z)
+        per_probe, steps = _lanczos_quadrature(self._tilde, Zq)
+        m = per_probe.shape[0]
+        trace = float(on_w.sum() + per_probe.mean())
+        se = float(per_probe.std(ddof=1) / np.sqrt(m)) if m > 1 else float("inf")
+        value = float(np.sum(np.log(self.d))) + self.logdet_P + trace
+        return LogDet(value, se, m, max(steps, steps_w))
+
+    def _deflation_space(self) -> np.ndarray:
+        """Orthonormal basis of [Y, A~Y, ..., A~^r Y] for fixed random Y (n2 x width)."""
+        width = min(DEFLATE_WIDTH, self.n2)
+        Y = self.Y0[:, :width]
+        blocks = [Y]
+        for _ in range(DEFLATE_ROUNDS):
+            Q, _ = np.linalg.qr(blocks[-1])
+            blocks.append(self._tilde(Q))
+        W, _ = np.linalg.qr(np.column_stack(blocks))
+        return W[:, : self.deflation_width]
+
+    def _tilde(self, V: np.ndarray) -> np.ndarray:
+        """A~ V = C^-1 S C^-T V."""
+        return self._blocks(self.apply(self._blocks(V, True)), False)
+
+    # -- the full system M ---------------------------------------------------------
+    def solve_M(self, R: np.ndarray) -> np.ndarray:
+        """M^-1 R through the Schur complement (R: q x k)."""
+        R1, R2 = R[: self.n1], R[self.n1 :]
+        BDr = self.lam2t @ (self.A21 @ (R1 * (self.theta1 / self.d)[:, None]))
+        X2 = self.solve(R2 - BDr)
+        BtX2 = self.theta1 * (self.A12 @ (self.lam2 @ X2))
+        X1 = (R1 - BtX2) / self.d[:, None]
+        return np.vstack([X1, X2])
+
+
+def _lanczos_quadrature(op, Z: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per probe z: |z|^2 e_1' f(T) e_1 with f(x) = log x - (x - 1), T the Lanczos
+    tridiagonal of ``op`` from z, steps added until every probe's value settles."""
+    m = Z.shape[1]
+    norms2 = np.sum(Z * Z, axis=0)
+    Q_prev = np.zeros_like(Z)
+    Q = Z / np.sqrt(norms2)
+    alphas: list[np.ndarray] = []
+    betas: list[np.ndarray] = []
+    beta = np.zeros(m)
+    last = np.full(m, np.inf)
+    values = np.zeros(m)
+    for step in range(1, LANCZOS_MAX + 1):
+        W = op(Q) - Q_prev * beta
+        alpha = np.sum(Q * W, axis=0)
+        W -= Q * alpha
+        alphas.append(alpha)
+        values = norms2 * _quadrature(np.array(alphas), np.array(betas))
+        if np.all(np.abs(values - last) <= LANCZOS_TOL * np.maximum(1.0, np.abs(values))):
+            return values, step
+        last = values
+        beta = np.linalg.norm(W, axis=0)
+        if np.any(beta <= 1e-14):  # an invariant subspace: T is exact for that probe
+            return values, step
+        betas.append(beta)
+        Q_prev, Q = Q, W / beta
+    return values, LANCZOS_MAX
+
+
+def _quadrature(alphas: np.ndarray, betas: np.ndarray) -> np.ndarray:
+    """e_1' f(T) e_1 for each probe's tridiagonal T (alphas: steps x m)."""
+    k, m = alphas.shape
+    T = np.zeros((m, k, k))
+    idx = np.arange(k)
+    T[:, idx, idx] = alphas.T
+    if k > 1:
+        T[:, idx[:-1], idx[1:]] = betas[: k - 1].T
+        T[:, idx[1:], idx[:-1]] = betas[: k - 1].T
+    lam, U = np.linalg.eigh(T)
+    f = np.log(lam) - (lam - 1.0)
+    return np.sum(U[:, 0, :] ** 2 * f, axis=1)
+
+
+def _dense_blocks(mat: sp.csr_matrix, cols: np.ndarray) -> np.ndarray:
+    """mat[c, c] as dense (n_b, size, size) blocks for every cluster c of a batch."""
+    nb, size = cols.shape
+    out = np.zeros((nb, size, size))
+    sub = mat[cols.ravel()][:, cols.ravel()].tocoo()  # small: within-batch pairs
+    same = (sub.row // size) == (sub.col // size)
+    out[sub.row[same] // size, sub.row[same] % size, sub.col[same] % size] = sub.data[same]
+    return out
+
+
+class _WithinPairs:
+    """K restricted to the cluster blocks, K = A22 - A21 diag(w) A12, as a fixed linear
+    map of w: for each batch, G_b (entries of the packed blocks x levels) and the
+    constant A22 part; values(w) gives the packed (n_b, size, size) blocks."""
+
+    def __init__(self, base: list[np.ndarray], maps: list[sp.csr_matrix]) -> None:
+        self.base, self.maps = base, maps
+
+    def values(self, w: np.ndarray) -> list[np.ndarray]:
+        out = []
+        for b, G in zip(self.base, self.maps):
+            low = (G @ w).reshape(b.shape)  # lower triangles (diagonal included)
+            diag = np.einsum("cii->ci", low)
+            full = low + np.transpose(low, (0, 2, 1))
+            idx = np.arange(b.shape[1])
+            full[:, idx, idx] -= diag
+            out.append(b - full)
+        return out
+
+
+def _within_pairs(A21: sp.csr_matrix, A22: sp.csr_matrix, clusters: Clusters) -> _WithinPairs:
+    """The map from w to the cluster blocks of A21 diag(w) A12 (lower triangles), and
+    the blocks of A22; pairs are formed a chunk of levels at a time (sum_s k_s^2 of
+    them in all, k_s the trailing entries of level s, most fall outside the blocks)."""
+    n2 = A21.shape[0]
+    batch_of = np.empty(n2, dtype=np.int64)
+    slot = np.empty(n2, dtype=np.int64)  # which block of its batch the column is in
+    pos_in = np.empty(n2, dtype=np.int64)  # its position within that block
+    for b, cols in enumerate(clusters.batches):
+        batch_of[cols.ravel()] = b
+        slot[cols.ravel()] = np.repeat(np.arange(cols.shape[0]), cols.shape[1])
+        pos_in[cols.ravel()] = np.tile(np.arange(cols.shape[1]), cols.shape[0])
+    A12 = A21.tocsc()  # column s: the trailing entries of level s (rows of A21)
+    found = [_pairs_in_blocks(A12, lo, min(lo + PAIR_CHUNK, A12.shape[1]), batch_of, slot, pos_in)
+             for lo in range(0, A12.shape[1], PAIR_CHUNK)]  # fmt: skip
+    r1, r2, lev, vals = (np.concatenate([f[i] for f in found]) for i in range(4))
+    A22c = A22.tocoo()
+    keep = (batch_of[A22c.row] == batch_of[A22c.col]) & (slot[A22c.row] == slot[A22c.col])
+    base, maps = [], []
+    for b, cols in enumerate(clusters.batches):
+        nb, size = cols.shape
+        sel = batch_of[r1] == b
+        flat = (slot[r1[sel]] * size + pos_in[r1[sel]]) * size + pos_in[r2[sel]]
+        shape = (nb * size * size, A12.shape[1])
+        maps.append(sp.csr_matrix((vals[sel], (flat, lev[sel])), shape=shape))
+        blk = np.zeros((nb, size, size))
+        sa = keep & (batch_of[A22c.row] == b)
+        rr, cc = A22c.row[sa], A22c.col[sa]
+        blk[slot[rr], pos_in[rr], pos_in[cc]] = A22c.data[sa]
+        base.append(blk)
+    return _WithinPairs(base, maps)
+
+
+PAIR_CHUNK = 100_000  # levels of the first term per chunk of pair generation
+
+
+def _pairs_in_blocks(A12: sp.csc_matrix, lo: int, hi: int, batch_of, slot, pos_in):
+    """Entry pairs (j, k), pos(j) >= pos(k), of the levels lo..hi that share a block."""
+    ptr = A12.indptr
+    counts = np.diff(ptr[lo : hi + 1])
+    entries = np.arange(ptr[lo], ptr[hi])
+    reps = np.repeat(counts, counts)  # each entry pairs with every entry of its level
+    i1 = np.repeat(entries, reps)
+    first = np.repeat(np.repeat(ptr[lo:hi], counts), reps)
+    within = np.arange(len(i1)) - np.repeat(np.cumsum(reps) - reps, reps)
+    i2 = first + within
+    r1, r2 = A12.indices[i1], A12.indices[i2]
+    same = (batch_of[r1] == batch_of[r2]) & (slot[r1] == slot[r2])
+    same &= pos_in[r1] >= pos_in[r2]
+    lev = np.repeat(np.repeat(np.arange(lo, hi), counts), reps)
+    return r1[same], r2[same], lev[same], A12.data[i1[same]] * A12.data[i2[same]]
