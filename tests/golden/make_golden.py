@@ -1,6 +1,7 @@
 """Regenerate the lme4 golden values and the test datasets from R.
 
     .venv/bin/python tests/golden/make_golden.py [lme4_golden] [glmer_golden] [inference_golden]
+                                                 [profile_golden]
 
 Needs ``Rscript`` with the R packages lme4, mlmRev and jsonlite (Debian/Ubuntu:
 ``apt-get install r-cran-lme4 r-cran-mlmrev r-cran-jsonlite``).  It runs each golden
@@ -10,6 +11,7 @@ once every script has succeeded, writes
     tests/golden/lme4_golden.json   lmer's results per case (lme4_golden.R)
     tests/golden/glmer_golden.json  glmer's results per case (glmer_golden.R)
     tests/golden/inference_golden.json  anova() and Wald intervals (inference_golden.R)
+    tests/golden/profile_golden.json    profile confidence intervals (profile_golden.R)
     tests/golden/R_VERSIONS.txt     R, lme4, Matrix, mlmRev and jsonlite versions
     tests/data/NAME.parquet         each dataset the cases use (zstd-compressed)
 
@@ -42,7 +44,7 @@ import pyarrow.parquet as pq
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "data"
 # Each golden set is an R script NAME.R that writes NAME.json (and its datasets).
-GOLDEN_SETS = ("lme4_golden", "glmer_golden", "inference_golden")
+GOLDEN_SETS = ("lme4_golden", "glmer_golden", "inference_golden", "profile_golden")
 INSTALL_HINT = "apt-get install r-cran-lme4 r-cran-mlmrev r-cran-jsonlite"
 
 
