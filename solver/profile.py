@@ -42,7 +42,12 @@ parameterization phi of the others:
     beta_j = b    phi = theta                          d_j(theta, b)
 
 (sigma enters the SD's coordinates on the log scale: it is far better determined than
-theta, and sigma -> 0 is no boundary to hit.)
+theta, and sigma -> 0 is no boundary to hit.)  Every phi gives a positive semi-definite
+Sigma_k.  lme4 re-optimizes over the SDs and correlations themselves, each correlation
+in [-1, 1]; for terms of 3 or more columns that admits correlation matrices that are not
+positive definite (its ``safe_chol`` then factors another matrix, whose SDs are not the
+ones held), and its profile can turn non-monotonic there: on a 3 x 3 term lme4 put an SD's
+lower bound at 0.389 where the valid profile crosses -z at 0.441.
 
 The bounds are the roots of g(x) = zeta(x) -/+ z, found from the estimate (g = -/+ z)
 and a first step of about z standard errors by inverse quadratic interpolation through
