@@ -266,8 +266,8 @@ def _too_large(n2: int) -> FactorTooLarge:
     return FactorTooLarge(
         f"the exact fit needs the Cholesky factor of a {n2:,} x {n2:,} block that fills "
         f"in (~{4.0 * n2 * n2 / 2**30:.0f} GiB dense, ~{n2**3 / 3:.0e} flops per optimizer "
-        "step): too large for the sparse Cholesky path on this machine; an iterative "
-        "path for crossed designs at this scale is not available yet",
+        "step): too large for the exact (Cholesky) path on this machine; the iterative "
+        "path (--ordering iterative) needs a scalar first term such as (1 | patient)",
         "formula",
     )
 

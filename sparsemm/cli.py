@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from sparsemm import cli_inference, solver
+from sparsemm import cli_inference, cli_profile, solver
 from sparsemm.solver.results import json_safe
 from sparsemm.summary import summary_text
 
@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     cli_inference.add_arguments(sub, f)
     _serve_parser(sub)
+    cli_profile.add_commands(sub)
     return p
 
 
@@ -97,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command in cli_profile.COMMANDS:
+        return cli_profile.main(args)
     try:
         if args.command == "predict":
             return cli_inference.predict_command(args)

@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/golden/make_golden.py [lme4_golden] [glmer_golden] [inference_golden]
                                                  [predict_golden]
+                                                 [profile_golden]
 
 Needs ``Rscript`` with the R packages lme4, mlmRev and jsonlite, and for predict_golden
 lmerTest, performance and numDeriv (Debian/Ubuntu: ``apt-get install r-cran-lme4
@@ -14,6 +15,7 @@ directory and, once every script has succeeded, writes
     tests/golden/inference_golden.json  anova() and Wald intervals (inference_golden.R)
     tests/golden/predict_golden.json    predict(newdata), performance::icc and lmerTest's
                                         Satterthwaite df (predict_golden.R)
+    tests/golden/profile_golden.json    profile confidence intervals (profile_golden.R)
     tests/golden/R_VERSIONS.txt     R, lme4, Matrix, mlmRev and jsonlite versions
     tests/data/NAME.parquet         each dataset the cases use (zstd-compressed)
 
@@ -46,7 +48,9 @@ import pyarrow.parquet as pq
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "data"
 # Each golden set is an R script NAME.R that writes NAME.json (and its datasets).
-GOLDEN_SETS = ("lme4_golden", "glmer_golden", "inference_golden", "predict_golden")
+GOLDEN_SETS = (
+    "lme4_golden", "glmer_golden", "inference_golden", "predict_golden", "profile_golden"
+)  # fmt: skip
 INSTALL_HINT = (
     "apt-get install r-cran-lme4 r-cran-mlmrev r-cran-jsonlite r-cran-lmertest "
     "r-cran-performance r-cran-numderiv"

@@ -88,15 +88,18 @@ def test_unwritable_output_exits_2(capsys, tmp_path) -> None:
 
 
 def test_exact_factor_too_large_is_refused_clearly(monkeypatch) -> None:
-    """A crossed design whose trailing block fills in beyond the budget gets a clear
-    error naming the size, instead of hours of factorization or an out-of-memory kill."""
+    """A crossed design whose trailing block fills in beyond the budget: the exact PLS
+    refuses it with a clear error naming the size (instead of hours of factorization or
+    an out-of-memory kill), and the model takes the iterative path instead."""
     from sparsemm.solver import pls
+    from sparsemm.solver.pls_iterative import IterativePLS
 
     monkeypatch.setattr(pls, "MAX_DENSE_SCHUR", 5)
     monkeypatch.setattr(pls, "MAX_DENSE_BYTES", 100)
     data = solver.prepare("y ~ x + (1 | g) + (1 | a)", crossed())
     with pytest.raises(pls.FactorTooLarge, match="8 x 8 block"):
-        LinearMixedModel(data)
+        pls.PLS(data.cp, pls.ThetaMap.build(data.layout))
+    assert isinstance(LinearMixedModel(data).pls, IterativePLS)
 
 
 def test_malformed_sql_source_exits_2(capsys) -> None:
