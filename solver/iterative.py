@@ -184,7 +184,7 @@ class SchurOperator:
         out, logdet = [], 0.0
         for cols, Kb in zip(self.clusters.batches, K):
             lam = _dense_blocks(self.lam2, cols)
-            P = np.einsum("cji,cjk,ckl->cil", lam, Kb, lam)
+            P = np.matmul(np.transpose(lam, (0, 2, 1)), np.matmul(Kb, lam))
             P += np.eye(cols.shape[1])[None]
             C = np.linalg.cholesky(P)
             logdet += 2.0 * float(np.sum(np.log(np.diagonal(C, axis1=1, axis2=2))))
