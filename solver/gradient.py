@@ -34,28 +34,34 @@ import numpy as np
 
 from .factor import ScalarSchurFactor, SchurFactor
 from .pls import PLS, Criterion, PLSSolution, lower_colmajor
+from .pls_iterative import IterativePLS
 
 TRACE_CHUNK = 4096
 
 
 def gradient_available(pls: object) -> bool:
-    """Only the Schur factor gives the closed form (CHOLMOD and the iterative path not)."""
-    return isinstance(pls, PLS) and isinstance(pls.factor, SchurFactor)
+    """The Schur factor gives the closed form, the iterative path an estimate of it
+    (its SB_k by stochastic traces); CHOLMOD does not."""
+    return isinstance(pls, IterativePLS) or (
+        isinstance(pls, PLS) and isinstance(pls.factor, SchurFactor)
+    )
 
 
-def gradient(pls: PLS, crit: Criterion, sol: PLSSolution) -> np.ndarray | None:
+def gradient(pls: PLS | IterativePLS, crit: Criterion, sol: PLSSolution) -> np.ndarray | None:
     """d objective / d theta at ``sol`` (the factor must hold ``sol.theta``); None where
     a vector term's T_k is (nearly) singular and the closed form does not hold."""
     tmap, cp = pls.tmap, pls.cp
     if any(T.shape[0] > 1 and _nearly_singular(T) for T in tmap.blocks(sol.theta)):
         return None
     u, b = pls.modes(sol)
-    F = _F(pls, sol)
+    F = pls.F(sol) if isinstance(pls, IterativePLS) else _F(pls, sol)
     Q = cp.ZtX - _A_times(pls, np.asarray(tmap.Lambda(sol.theta) @ F))
     rz = cp.ZtY - cp.ZtX @ sol.beta - _A_times(pls, b)
     Cinv = np.linalg.inv(sol.RX.T @ sol.RX) if crit.p else np.zeros((0, 0))
     CF = F @ Cinv
-    sums = block_sums(pls, sol.theta)
+    sums = (
+        pls.trace_sums(sol.theta) if isinstance(pls, IterativePLS) else block_sums(pls, sol.theta)
+    )
     out = np.zeros(len(sol.theta))
     j = 0
     layout = tmap.layout
@@ -99,7 +105,7 @@ def forward_gradient(
     return out
 
 
-def _A_times(pls: PLS, x: np.ndarray) -> np.ndarray:
+def _A_times(pls: PLS | IterativePLS, x: np.ndarray) -> np.ndarray:
     """(Z'WZ) x with Z'WZ stored as its lower triangle."""
     A = pls.cp.ZtZ
     return np.asarray(A @ x + A.T @ x - A.diagonal().reshape(-1, *([1] * (x.ndim - 1))) * x)

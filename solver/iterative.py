@@ -181,7 +181,9 @@ class SchurOperator:
     def _block_factors(self) -> list[np.ndarray]:
         """C_c^-1 for every cluster block P_c = S[c, c] = C_c C_c'; log|P| kept."""
         K = self._within.values(self.w)
-        out, logdet = [], 0.0
+        out: list[np.ndarray] = []
+        factors: list[np.ndarray] = []
+        logdet = 0.0
         for cols, Kb in zip(self.clusters.batches, K):
             lam = _dense_blocks(self.lam2, cols)
             P = np.matmul(np.transpose(lam, (0, 2, 1)), np.matmul(Kb, lam))
@@ -190,7 +192,9 @@ class SchurOperator:
             logdet += 2.0 * float(np.sum(np.log(np.diagonal(C, axis1=1, axis2=2))))
             eye = np.broadcast_to(np.eye(cols.shape[1]), C.shape)
             out.append(np.linalg.solve(C, eye))
+            factors.append(C)
         self.logdet_P = logdet
+        self.C = factors
         return out
 
     def apply(self, V: np.ndarray) -> np.ndarray:
@@ -199,12 +203,13 @@ class SchurOperator:
         inner = self.A22 @ LV - self.A21 @ (self.w[:, None] * (self.A12 @ LV))
         return V + self.lam2t @ inner
 
-    def _blocks(self, V: np.ndarray, transpose: bool) -> np.ndarray:
-        """C^-1 V (or C^-T V), block by block."""
+    def _blocks(self, V: np.ndarray, transpose: bool, inverse: bool = True) -> np.ndarray:
+        """C^-1 V (or C^-T V; C V or C' V with ``inverse=False``), block by block."""
         out = np.empty_like(V)
-        for cols, Ci in zip(self.clusters.batches, self.Cinv):
+        for cols, Ci, C in zip(self.clusters.batches, self.Cinv, self.C):
             Vb = V[cols]  # (n_b, size, m)
-            op = np.transpose(Ci, (0, 2, 1)) if transpose else Ci
+            M = Ci if inverse else C
+            op = np.transpose(M, (0, 2, 1)) if transpose else M
             out[cols] = np.matmul(op, Vb)
         return out
 
@@ -240,6 +245,7 @@ class SchurOperator:
         that carry most of the variance) by Lanczos quadrature from W's columns, the rest
         by Hutchinson on (I - W W') z (unbiased whatever W is)."""
         W = self._deflation_space()
+        self.W = W
         on_w, steps_w = _lanczos_quadrature(self._tilde, W)
         Zq = self.Z - W @ (W.T @ self.Z)
         per_probe, steps = _lanczos_quadrature(self._tilde, Zq)
@@ -259,6 +265,66 @@ class SchurOperator:
             blocks.append(self._tilde(Q))
         W, _ = np.linalg.qr(np.column_stack(blocks))
         return W[:, : self.deflation_width]
+
+    def trace_sums(self, layout: TermLayout) -> list[np.ndarray]:
+        """SB_k = sum over the levels of term k of the diagonal blocks of M^-1 (what the
+        closed-form gradient needs), estimated as traces tr(S^-1 X) = tr(A~^-1 Y),
+        Y = C^-1 X C^-T, split on the deflation space W of ``logdet`` (same theta):
+
+            tr(A~^-1 Y) = sum_i (A~^-1 w_i)'(Y w_i) + mean_j (A~^-1 Q z_j)'(Y z_j),  Q = I - W W'
+
+        (exact on W, Hutchinson on the rest, the same fixed probes), with
+
+            SB_1 = sum 1/d + tr(S^-1 V V'),  V = Lambda_2' A21 theta_1 D^-1   (first term)
+            SB_k[a, b] = sum_l (S^-1)_{(l,a),(l,b)}                           (the others)
+        """
+        W, Z = self.W, self.Z
+        Zq = Z - W @ (W.T @ Z)
+        probes = np.column_stack([W, Zq])
+        inv = self._blocks(self.solve(self._blocks(probes, False, inverse=False)), True, False)
+        diff = inv - probes  # (A~^-1 - I) [W, Q Z]: small, A~ is near I
+        r = W.shape[1]
+        ct = self._blocks(np.column_stack([W, Z]), True)  # C^-T [W, Z]
+        Pinv = [np.matmul(np.transpose(Ci, (0, 2, 1)), Ci) for Ci in self.Cinv]
+
+        def trace(XCt: np.ndarray, exact: float) -> float:
+            Y = self._blocks(XCt, False)  # C^-1 X C^-T [W, Z]
+            prods = np.sum(diff * Y, axis=0)
+            return exact + float(prods[:r].sum() + prods[r:].mean())
+
+        scale = self.theta1 / self.d
+        Vt = scale[:, None] * (self.A12 @ (self.lam2 @ ct))
+        XCt = self.lam2t @ (self.A21 @ (scale[:, None] * Vt))
+        exact = self._trace_P_inv_VVt(Pinv, scale * scale)
+        sums = [np.array([[float(np.sum(1.0 / self.d)) + trace(XCt, exact)]])]
+        where = self._within
+        for off, p, nl in zip(layout.offsets[1:], layout.p[1:], layout.nlevels[1:]):
+            idx = off - self.n1 + np.arange(nl)[:, None] * p + np.arange(p)[None, :]
+            SB = np.zeros((p, p))
+            for a in range(p):
+                for b in range(p):
+                    XCt = np.zeros_like(ct)
+                    XCt[idx[:, b]] = ct[idx[:, a]]  # E^{ba} t: row (l, b) takes t_(l, a)
+                    ja, jb = idx[:, a], idx[:, b]
+                    exact = sum(
+                        float(
+                            np.sum(P[where.slot[ja[m]], where.pos_in[ja[m]], where.pos_in[jb[m]]])
+                        )
+                        for bt, P in enumerate(Pinv)
+                        for m in [where.batch_of[ja] == bt]
+                    )  # tr(P^-1 E^{ba}) = sum_l (P^-1)_{(l,a),(l,b)}
+                    SB[a, b] = trace(XCt, exact)
+            sums.append(0.5 * (SB + SB.T))
+        return sums
+
+    def _trace_P_inv_VVt(self, Pinv: list[np.ndarray], w2: np.ndarray) -> float:
+        """tr(P^-1 V V') from the cluster blocks of V V' = Lambda_2' A21 diag(w2) A12 Lambda_2."""
+        total = 0.0
+        for cols, P, H in zip(self.clusters.batches, Pinv, self._within.products(w2)):
+            lam = _dense_blocks(self.lam2, cols)
+            X = np.matmul(np.transpose(lam, (0, 2, 1)), np.matmul(H, lam))
+            total += float(np.sum(P * X))
+        return total
 
     def _tilde(self, V: np.ndarray) -> np.ndarray:
         """A~ V = C^-1 S C^-T V."""
@@ -333,10 +399,15 @@ class _WithinPairs:
     map of w: for each batch, G_b (entries of the packed blocks x levels) and the
     constant A22 part; values(w) gives the packed (n_b, size, size) blocks."""
 
-    def __init__(self, base: list[np.ndarray], maps: list[sp.csr_matrix]) -> None:
+    def __init__(self, base: list[np.ndarray], maps: list[sp.csr_matrix], where) -> None:
         self.base, self.maps = base, maps
+        self.batch_of, self.slot, self.pos_in = where  # each trailing column's place
 
     def values(self, w: np.ndarray) -> list[np.ndarray]:
+        return [b - c for b, c in zip(self.base, self.products(w))]
+
+    def products(self, w: np.ndarray) -> list[np.ndarray]:
+        """The cluster blocks of A21 diag(w) A12."""
         out = []
         for b, G in zip(self.base, self.maps):
             low = (G @ w).reshape(b.shape)  # lower triangles (diagonal included)
@@ -344,7 +415,7 @@ class _WithinPairs:
             full = low + np.transpose(low, (0, 2, 1))
             idx = np.arange(b.shape[1])
             full[:, idx, idx] -= diag
-            out.append(b - full)
+            out.append(full)
         return out
 
 
@@ -378,7 +449,7 @@ def _within_pairs(A21: sp.csr_matrix, A22: sp.csr_matrix, clusters: Clusters) ->
         rr, cc = A22c.row[sa], A22c.col[sa]
         blk[slot[rr], pos_in[rr], pos_in[cc]] = A22c.data[sa]
         base.append(blk)
-    return _WithinPairs(base, maps)
+    return _WithinPairs(base, maps, (batch_of, slot, pos_in))
 
 
 PAIR_CHUNK = 100_000  # levels of the first term per chunk of pair generation

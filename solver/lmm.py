@@ -84,7 +84,6 @@ class LinearMixedModel:
         assert self._last is not None
         if self._last[1] is not None:
             return value, self._last[1].copy()
-        assert isinstance(self.pls, PLS)  # (gradient_available)
         grad = gradient(self.pls, self.criterion, sol)
         if grad is None:  # (forward differences move the factor: solve again after)
             grad = forward_gradient(self.objective, np.asarray(theta, float), value)

@@ -77,6 +77,15 @@ class IterativePLS:
             logdet_se=ld.std_error,
         )  # fmt: skip
 
+    def F(self, sol: PLSSolution) -> np.ndarray:
+        """M^-1 Lambda'Z'WX."""
+        assert isinstance(sol, IterativeSolution)
+        return sol.F
+
+    def trace_sums(self, theta: np.ndarray) -> list[np.ndarray]:
+        """SB_k, estimated (``SchurOperator.trace_sums``); the operator holds theta."""
+        return self.factor.trace_sums(self.tmap.layout)
+
     def modes(self, sol: PLSSolution) -> tuple[np.ndarray, np.ndarray]:
         """(u, b) = (c - F beta, Lambda u)."""
         assert isinstance(sol, IterativeSolution)
