@@ -1,9 +1,10 @@
 """The one place that converts between protobuf messages and the solver's types.
 
-Requests become a validated ``FitTask`` (plain data for a worker process); the
-solver's result, kept as the JSON contract, becomes a ``FitResult`` message that
-also carries that JSON verbatim; job records become ``Job`` messages; Arrow tables
-become ``ArrowBatch`` messages, each a self-contained IPC stream under a size cap.
+Requests become a validated ``FitTask`` or ``CompareTask`` (plain data for a worker
+process); the solver's result, kept as the JSON contract, becomes a ``FitResult``
+message (a comparison's, a ``LikelihoodRatioTest``) that also carries that JSON
+verbatim; job records become ``Job`` messages; Arrow tables become ``ArrowBatch``
+messages, each a self-contained IPC stream under a size cap.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
@@ -20,7 +22,7 @@ from sparsemm.v1 import sparsemm_pb2 as pb
 
 from .errors import invalid
 from .store import JobRecord
-from .task import FitTask, SourceRef
+from .task import CompareTask, FitTask, SourceRef
 
 MAX_FORMULA_CHARS = 10_000
 MAX_NAME_CHARS = 1_000
@@ -99,20 +101,34 @@ def model_spec(task: FitTask) -> pb.ModelSpec:
     )
 
 
+def for_comparison(task: FitTask, field: str) -> FitTask:
+    """The fit a likelihood-ratio test needs of ``task``: by ML, no tables kept."""
+    if task.family != "gaussian":
+        message = "likelihood-ratio comparisons are of linear mixed models (gaussian family)"
+        raise invalid(message, field)
+    return replace(task, reml=False, ranef=False, fitted=False, residual_quantiles=False)
+
+
 def job(rec: JobRecord) -> pb.Job:
     task = rec.task
     msg = pb.Job(
         job_id=rec.job_id,
         state=_value(pb.JobState, "JOB_STATE_", rec.state),
         source=rec.source_name,
-        model=model_spec(task),
-        outputs=pb.OutputOptions(
-            ranef=task.ranef, fitted=task.fitted, residual_quantiles=task.residual_quantiles
-        ),
+        kind=_value(pb.JobKind, "JOB_KIND_", task.kind),
         created_unix=rec.created_unix,
         started_unix=rec.started_unix or 0.0,
         finished_unix=rec.finished_unix or 0.0,
     )
+    if isinstance(task, CompareTask):
+        msg.models.extend(model_spec(f) for f in task.fits)
+    else:
+        msg.model.CopyFrom(model_spec(task))
+        msg.outputs.CopyFrom(
+            pb.OutputOptions(
+                ranef=task.ranef, fitted=task.fitted, residual_quantiles=task.residual_quantiles
+            )
+        )
     if rec.error_code:
         msg.error.CopyFrom(
             pb.JobError(
@@ -181,6 +197,20 @@ def fit_result(result_json: str, extras: dict[str, Any]) -> pb.FitResult:
             )
         )
     return msg
+
+
+def comparison(result_json: str) -> pb.LikelihoodRatioTest:
+    """The test message from its JSON (``LikelihoodRatio.to_dict``), kept verbatim."""
+    d = json.loads(result_json)
+
+    def line(m: dict[str, Any]) -> pb.AnovaLine:
+        nums = {k: _num(m[k]) for k in ("aic", "bic", "loglik", "deviance")}
+        return pb.AnovaLine(formula=m["formula"], npar=m["npar"], **nums)
+
+    return pb.LikelihoodRatioTest(
+        small=line(d["small"]), big=line(d["big"]), chisq=_num(d["chisq"]), df=d["df"],
+        p_value=_num(d["p"]), result_json=result_json,
+    )  # fmt: skip
 
 
 def _diagnostics(d: dict[str, Any]) -> pb.FitDiagnostics:

@@ -28,7 +28,7 @@ import grpc
 
 from .errors import ServiceError
 from .store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
-from .task import FitTask
+from .task import Task
 from .worker import worker_main
 
 log = logging.getLogger("sparsemm.server")
@@ -176,7 +176,7 @@ class JobManager:
                 f"the job queue is full ({len(self._queue)} waiting); try again later",
             )
 
-    def submit(self, owner: str, source_name: str, task: FitTask) -> JobRecord:
+    def submit(self, owner: str, source_name: str, task: Task) -> JobRecord:
         rec = JobRecord(task.job_id, owner, QUEUED, source_name, task, time.time())
         with self._cond:
             self._admit()
@@ -328,10 +328,10 @@ class JobManager:
             live.cond.notify_all()
         with self._cond:
             self._live.pop(job_id, None)
-        source = live.rec.task.source
-        if source.kind == "upload":
+        spool = live.rec.task.spool
+        if spool is not None:
             with contextlib.suppress(OSError):
-                os.remove(source.value)
+                os.remove(spool)
         log.info("job %s %s", job_id, state.lower())
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
@@ -27,7 +28,7 @@ from .errors import ServiceError, code_named, invalid, status_of
 from .jobs import JobManager
 from .paths import DataRoots
 from .store import SUCCEEDED, JobRecord
-from .task import SourceRef
+from .task import CompareTask, FitTask, SourceRef
 
 log = logging.getLogger("sparsemm.server")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,6 +61,14 @@ def _streaming(method: F) -> F:
             context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
 
     return wrapper  # type: ignore[return-value]
+
+
+def _result(rec: JobRecord) -> Any:
+    """A finished job's result message: a FitResult, or a comparison's test."""
+    assert rec.result_json is not None
+    if isinstance(rec.task, CompareTask):
+        return convert.comparison(rec.result_json)
+    return convert.fit_result(rec.result_json, rec.extras)
 
 
 def _job_id(value: str) -> str:
@@ -108,11 +117,81 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
         rec = self.jobs.submit(owner, f"upload:{header.name[:200] or 'table'}", task)
         yield from self._follow(rec, owner, context, pb.FitUploadResponse)
 
+    @_streaming
+    def CompareModels(
+        self, request: pb.CompareModelsRequest, context: grpc.ServicerContext
+    ) -> Iterator[Any]:
+        owner = self.auth.caller(context)
+        job_id = uuid.uuid4().hex
+        if request.job_ids:
+            task, name = self._compare_jobs(owner, job_id, request)
+        else:
+            task, name = self._compare_models(job_id, request)
+        rec = self.jobs.submit(owner, name, task)
+        yield from self._follow(rec, owner, context, pb.CompareModelsResponse)
+
     def _submit(self, owner: str, source: str, model: Any, outputs: Any) -> JobRecord:
         ref = self.roots.resolve(source)
         job_id = uuid.uuid4().hex
         task = convert.fit_task(job_id, ref, model, outputs, self.jobs.store.job_dir(job_id))
         return self.jobs.submit(owner, source, task)
+
+    def _compare_models(
+        self, job_id: str, request: pb.CompareModelsRequest
+    ) -> tuple[CompareTask, str]:
+        if len(request.models) != 2:
+            raise invalid("give two models (or two job_ids) to compare", "models")
+        ref = self.roots.resolve(request.source)
+        out_dir = self.jobs.store.job_dir(job_id)
+        fits = []
+        for i, model in enumerate(request.models):
+            try:
+                fit = convert.fit_task(job_id, ref, model, pb.OutputOptions(), out_dir)
+            except ServiceError as err:  # name the model at fault
+                err.field = err.field.replace("model.", f"models[{i}].", 1)
+                raise
+            fits.append(convert.for_comparison(fit, f"models[{i}].family"))
+        task = CompareTask(job_id, (fits[0], fits[1]), source_names=(request.source,) * 2)
+        return task, request.source
+
+    def _compare_jobs(
+        self, owner: str, job_id: str, request: pb.CompareModelsRequest
+    ) -> tuple[CompareTask, str]:
+        """Two finished fits: an ML fit's result as kept, a REML fit refitted by ML."""
+        if len(request.job_ids) != 2 or request.source or request.models:
+            raise invalid("give two job_ids, or a source and two models", "job_ids")
+        fits, kept, names = [], [], []
+        for given in request.job_ids:
+            rec = self.jobs.get(_job_id(given), owner)
+            fit, result_json = self._kept_or_refit(rec)
+            fits.append(fit)
+            kept.append(result_json)
+            names.append(rec.source_name)
+        name = names[0] if names[0] == names[1] else " and ".join(names)
+        task = CompareTask(job_id, (fits[0], fits[1]), (kept[0], kept[1]), (names[0], names[1]))
+        return task, name
+
+    def _kept_or_refit(self, rec: JobRecord) -> tuple[FitTask, str]:
+        """A finished fit job's model by ML, and its kept result if it was an ML fit
+        ("" when it must be refitted: on its source, resolved afresh)."""
+        if not isinstance(rec.task, FitTask) or rec.state != SUCCEEDED or not rec.result_json:
+            what = "not a fit" if not isinstance(rec.task, FitTask) else rec.state.lower()
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"job '{rec.job_id}' is {what}: compare fits that succeeded",
+                "job_ids",
+            )
+        task = convert.for_comparison(rec.task, "job_ids")
+        if not rec.task.reml:
+            return task, rec.result_json
+        if task.source.kind == "upload":
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"job '{rec.job_id}' is a REML fit to uploaded data, which the server no "
+                "longer holds: fit it by ML (method METHOD_ML) to compare it",
+                "job_ids",
+            )
+        return replace(task, source=self.roots.resolve(rec.source_name)), ""
 
     def _spool(
         self, requests: Iterator[pb.FitUploadRequest], path: str, context: grpc.ServicerContext
@@ -147,7 +226,8 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
     def _follow(
         self, rec: JobRecord, owner: str, context: grpc.ServicerContext, response: Any
     ) -> Iterator[Any]:
-        """Stream a job this call started; the job ends with the call."""
+        """Stream a job this call started (``response``: the RPC's response message type,
+        with fields job, progress and result); the job ends with the call."""
         reason = "the call ended before the fit finished (cancelled, or its deadline passed)"
 
         def cancel() -> None:  # runs on a gRPC thread: must not block
@@ -168,7 +248,7 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
                     payload.error_message or "the job failed",
                     payload.error_field or "",
                 )
-            yield response(result=convert.fit_result(payload.result_json, payload.extras))
+            yield response(result=_result(payload))
 
     # ------------------------------------------------------------ jobs
 
@@ -183,7 +263,8 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
         rec = self.jobs.get(_job_id(request.job_id), self.auth.caller(context))
         out = pb.GetJobResponse(job=convert.job(rec))
         if rec.state == SUCCEEDED and rec.result_json:
-            out.result.CopyFrom(convert.fit_result(rec.result_json, rec.extras))
+            field = "comparison" if isinstance(rec.task, CompareTask) else "result"
+            getattr(out, field).CopyFrom(_result(rec))
         return out
 
     @_streaming
@@ -195,8 +276,8 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
                 continue
             yield pb.WatchJobResponse(job=convert.job(payload))
             if kind == "final" and payload.state == SUCCEEDED and payload.result_json:
-                result = convert.fit_result(payload.result_json, payload.extras)
-                yield pb.WatchJobResponse(result=result)
+                field = "comparison" if isinstance(payload.task, CompareTask) else "result"
+                yield pb.WatchJobResponse(**{field: _result(payload)})
 
     @_unary
     def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> Any:

@@ -1,4 +1,5 @@
-"""The ``sparsemm`` command: ``sparsemm fit ...`` and ``sparsemm serve ...`` (DESIGN.md §5).
+"""The ``sparsemm`` command: ``sparsemm fit ...`` and ``sparsemm serve ...`` (DESIGN.md §5);
+``cli_service`` adds ``sparsemm anova``.
 
 ``fit --server HOST:PORT`` fits through the thin client (``sparsemm_client``) and prints
 the same text or JSON as an in-process fit.  Exit status 0 on success, 2 on bad input
@@ -59,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     _serve_parser(sub)
+    from sparsemm import cli_service  # here: it imports this module's helpers
+
+    cli_service.register(sub)
     return p
 
 
@@ -94,6 +98,8 @@ def _serve_parser(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if hasattr(args, "handler"):  # commands registered by other modules
+        return int(args.handler(args))
     if args.command == "serve":
         return _serve(args)
     try:

@@ -1,0 +1,98 @@
+"""Fitting a ``FitTask`` inside a worker process (``worker``), reporting to the manager.
+
+    source (confined) -> solver.prepare -> model -> fit -> the contract JSON + extras
+
+``Channel`` is the worker's end of its pipe: progress goes out as messages
+(``worker`` lists them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ..solver.results import json_safe
+from .task import FitTask
+
+
+@dataclass(frozen=True)
+class Channel:
+    """Progress messages to the job manager."""
+
+    conn: Connection
+
+    def rows(self, stage: str, n: int) -> None:
+        self.conn.send(("rows", stage, n))
+
+    def iteration(self, k: int, value: float) -> None:
+        self.conn.send(("iteration", k, value))
+
+
+def task_source(task: FitTask) -> Any:
+    """What ``solver.prepare`` reads: a path, the upload spool, or a confined DuckDB."""
+    from .confined import sql_source, table_source
+
+    ref = task.source
+    if ref.kind == "sql":
+        os.chdir(ref.roots[0])  # relative paths in the query are under the first root
+        return sql_source(ref.value, ref.roots)
+    if ref.kind == "duckdb":
+        return table_source(ref.value, ref.table, ref.roots)
+    return ref.value  # a confined real path or glob, or the server's upload spool
+
+
+def prepare(task: FitTask, channel: Channel) -> Any:
+    """The cross-products of the task's model (rows kept only for GLMMs)."""
+    from sparsemm import solver
+
+    return solver.prepare(task.formula, task_source(task), weights=task.weights,
+                          progress=channel.rows, family=task.family)  # fmt: skip
+
+
+def model(task: FitTask, data: Any) -> Any:
+    """The model object whose ``fit`` runs the optimizer."""
+    from sparsemm import solver
+
+    if task.family == "gaussian":
+        return solver.LinearMixedModel(data, reml=task.reml, ordering=task.ordering)
+    fam = solver.family(task.family, task.link)
+    return solver.GeneralizedLinearMixedModel(data, fam, ordering=task.ordering)
+
+
+def run_fit(task: FitTask, channel: Channel) -> tuple[str, dict[str, Any]]:
+    started = time.perf_counter()
+    data = prepare(task, channel)
+    read_s = time.perf_counter() - started
+    fitted = model(task, data).fit(progress=channel.iteration)
+    timings = {"read_s": read_s, "fit_s": time.perf_counter() - started - read_s}
+    extras = _outputs(task, fitted)
+    timings["total_s"] = time.perf_counter() - started
+    out = fitted.result.to_dict()
+    out["timings"] = timings
+    return json.dumps(json_safe(out)), extras
+
+
+def _outputs(task: FitTask, fitted: Any) -> dict[str, Any]:
+    """Write the tables the job keeps; the scaled residuals' quantiles (as the CLI's)."""
+    import pyarrow.parquet as pq
+
+    from sparsemm.summary import residual_quantiles
+
+    extras: dict[str, Any] = {}
+    if task.ranef or task.fitted:
+        os.makedirs(task.out_dir, exist_ok=True)
+    if task.ranef:
+        extras["ranef_path"] = os.path.join(task.out_dir, "ranef.parquet")
+        pq.write_table(fitted.ranef(), extras["ranef_path"])
+    if task.fitted or task.residual_quantiles:
+        table = fitted.fitted()
+        if task.fitted:
+            extras["fitted_path"] = os.path.join(task.out_dir, "fitted.parquet")
+            pq.write_table(table, extras["fitted_path"])
+        if task.residual_quantiles:  # lme4's "Scaled residuals", as the CLI shows them
+            extras["residual_quantiles"] = residual_quantiles(table.column("pearson").to_numpy())
+    return extras
