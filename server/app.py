@@ -27,6 +27,7 @@ from sparsemm.v1 import sparsemm_pb2_grpc as pb_grpc
 
 from .auth import Authenticator, AuthInterceptor, TokenTable, is_loopback
 from .jobs import JobManager
+from .outputs import OutputRoot
 from .paths import DataRoots
 from .service import SparseMMServicer
 from .store import JobStore
@@ -54,6 +55,7 @@ class ServerConfig:
     grace_s: float = 10.0
     max_upload_bytes: int = 4 << 30
     max_message_bytes: int = 8 << 20
+    output_root: str | None = None  # where clients may have tables written (OutputOptions)
 
 
 def _read(path: str, what: str) -> bytes:
@@ -105,6 +107,7 @@ class SparseMMServer:
         self._credentials = _credentials(config)
         try:
             self.roots = DataRoots(config.data_roots)
+            self.output_root = OutputRoot.open(config.output_root) if config.output_root else None
             self.store = JobStore(config.state)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
@@ -129,7 +132,9 @@ class SparseMMServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        servicer = SparseMMServicer(self.jobs, self.roots, self.auth, cfg.max_upload_bytes)
+        servicer = SparseMMServicer(
+            self.jobs, self.roots, self.auth, cfg.max_upload_bytes, self.output_root
+        )
         pb_grpc.add_SparseMMServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (

@@ -48,9 +48,15 @@ def _value(enum: Any, prefix: str, word: str) -> int:
 
 
 def fit_task(
-    job_id: str, source: SourceRef, model: pb.ModelSpec, outputs: pb.OutputOptions, out_dir: str
+    job_id: str,
+    source: SourceRef,
+    model: pb.ModelSpec,
+    outputs: pb.OutputOptions,
+    out_dir: str,
+    written: tuple[str, str, str] = ("", "", ""),
 ) -> FitTask:
-    """Validate a model spec (field names as in the request) and make the worker's task."""
+    """Validate a model spec (field names as in the request) and make the worker's task;
+    ``written``: (ranef path, fitted path, output root) on the server, resolved."""
     formula = model.formula.strip()
     if not formula:
         raise invalid("model.formula is empty", "model.formula")
@@ -82,10 +88,13 @@ def fit_task(
         reml=family == "gaussian" and method in (None, "reml"),
         weights=model.weights or None,
         ordering=ordering,
-        ranef=outputs.ranef,
-        fitted=outputs.fitted,
+        ranef=outputs.ranef or bool(written[0]),
+        fitted=outputs.fitted or bool(written[1]),
         residual_quantiles=outputs.residual_quantiles,
         out_dir=out_dir,
+        ranef_out=written[0],
+        fitted_out=written[1],
+        output_root=written[2],
     )
 
 
@@ -126,9 +135,10 @@ def job(rec: JobRecord) -> pb.Job:
         msg.model.CopyFrom(model_spec(task))
         msg.outputs.CopyFrom(
             pb.OutputOptions(
-                ranef=task.ranef, fitted=task.fitted, residual_quantiles=task.residual_quantiles
+                ranef=task.ranef, fitted=task.fitted, residual_quantiles=task.residual_quantiles,
+                ranef_path=task.ranef_out, fitted_path=task.fitted_out,
             )
-        )
+        )  # fmt: skip
     if rec.error_code:
         msg.error.CopyFrom(
             pb.JobError(
@@ -182,6 +192,10 @@ def fit_result(result_json: str, extras: dict[str, Any]) -> pb.FitResult:
         messages=d["messages"],
         residual_quantiles=extras.get("residual_quantiles", []),
         result_json=result_json,
+        written=pb.WrittenTables(
+            ranef_path=extras.get("ranef_written", ""),
+            fitted_path=extras.get("fitted_written", ""),
+        ),
         **_set(d, "sigma", "reml_criterion"),
     )
     if "diagnostics" in d:

@@ -77,22 +77,32 @@ def run_fit(task: FitTask, channel: Channel) -> tuple[str, dict[str, Any]]:
 
 
 def _outputs(task: FitTask, fitted: Any) -> dict[str, Any]:
-    """Write the tables the job keeps; the scaled residuals' quantiles (as the CLI's)."""
-    import pyarrow.parquet as pq
-
+    """Write the tables: kept with the job (for GetRanef, GetFitted) or where the client
+    asked on the server; the scaled residuals' quantiles (as the CLI's)."""
     from sparsemm.summary import residual_quantiles
 
     extras: dict[str, Any] = {}
-    if task.ranef or task.fitted:
-        os.makedirs(task.out_dir, exist_ok=True)
     if task.ranef:
-        extras["ranef_path"] = os.path.join(task.out_dir, "ranef.parquet")
-        pq.write_table(fitted.ranef(), extras["ranef_path"])
+        extras.update(_table(task, fitted.ranef(), "ranef", task.ranef_out))
     if task.fitted or task.residual_quantiles:
         table = fitted.fitted()
         if task.fitted:
-            extras["fitted_path"] = os.path.join(task.out_dir, "fitted.parquet")
-            pq.write_table(table, extras["fitted_path"])
+            extras.update(_table(task, table, "fitted", task.fitted_out))
         if task.residual_quantiles:  # lme4's "Scaled residuals", as the CLI shows them
             extras["residual_quantiles"] = residual_quantiles(table.column("pearson").to_numpy())
     return extras
+
+
+def _table(task: FitTask, table: Any, name: str, target: str) -> dict[str, str]:
+    """Write one table; its extras entry: {name_path: kept} or {name_written: target}."""
+    import pyarrow.parquet as pq
+
+    from .outputs import write_parquet
+
+    if target:
+        write_parquet(table, target, task.output_root, f"outputs.{name}_path")
+        return {f"{name}_written": target}
+    os.makedirs(task.out_dir, exist_ok=True)
+    path = os.path.join(task.out_dir, f"{name}.parquet")
+    pq.write_table(table, path)
+    return {f"{name}_path": path}

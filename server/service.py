@@ -26,6 +26,7 @@ from . import convert
 from .auth import Authenticator
 from .errors import ServiceError, code_named, invalid, status_of
 from .jobs import JobManager
+from .outputs import OutputRefused, OutputRoot
 from .paths import DataRoots
 from .store import SUCCEEDED, JobRecord
 from .task import CompareTask, FitTask, SourceRef
@@ -79,12 +80,18 @@ def _job_id(value: str) -> str:
 
 class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
     def __init__(
-        self, jobs: JobManager, roots: DataRoots, auth: Authenticator, max_upload_bytes: int
+        self,
+        jobs: JobManager,
+        roots: DataRoots,
+        auth: Authenticator,
+        max_upload_bytes: int,
+        output_root: OutputRoot | None = None,
     ) -> None:
         self.jobs = jobs
         self.roots = roots
         self.auth = auth
         self.max_upload_bytes = max_upload_bytes
+        self.output_root = output_root
 
     # ------------------------------------------------------------ fits
 
@@ -111,6 +118,7 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
             header.model,
             header.outputs,
             self.jobs.store.job_dir(job_id),
+            self._written(header.outputs),
         )
         self.jobs.admit()  # before receiving what could not be queued anyway
         self._spool(requests, path, context)
@@ -133,8 +141,29 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
     def _submit(self, owner: str, source: str, model: Any, outputs: Any) -> JobRecord:
         ref = self.roots.resolve(source)
         job_id = uuid.uuid4().hex
-        task = convert.fit_task(job_id, ref, model, outputs, self.jobs.store.job_dir(job_id))
+        out_dir = self.jobs.store.job_dir(job_id)
+        task = convert.fit_task(job_id, ref, model, outputs, out_dir, self._written(outputs))
         return self.jobs.submit(owner, source, task)
+
+    def _written(self, outputs: pb.OutputOptions) -> tuple[str, str, str]:
+        """Where the tables asked for on the server go: (ranef, fitted, output root)."""
+        asked = (("ranef_path", outputs.ranef_path), ("fitted_path", outputs.fitted_path))
+        if not any(given for _, given in asked):
+            return ("", "", "")
+        if self.output_root is None:
+            field = next(f"outputs.{name}" for name, given in asked if given)
+            message = "this server writes no tables: it was started without --output-root"
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message, field)
+        try:
+            ranef, fitted = (
+                self.output_root.target(given, f"outputs.{name}") if given else ""
+                for name, given in asked
+            )
+        except OutputRefused as exc:
+            raise ServiceError(code_named(exc.code), exc.message, exc.field) from None
+        if ranef and ranef == fitted:
+            raise invalid("ranef_path and fitted_path name the same file", "outputs.fitted_path")
+        return ranef, fitted, self.output_root.path
 
     def _compare_models(
         self, job_id: str, request: pb.CompareModelsRequest
@@ -332,6 +361,13 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
                 "job_id",
             )
         path = rec.extras.get(key)
+        written = rec.extras.get(key.replace("_path", "_written"))
+        if written:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"job '{job_id}' wrote this table on the server, to {written}",
+                option,
+            )
         if not path or not os.path.exists(path):
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,

@@ -42,6 +42,9 @@ class FitTask:
     fitted: bool = False
     residual_quantiles: bool = False
     out_dir: str = ""  # where the worker writes ranef.parquet and fitted.parquet
+    ranef_out: str = ""  # or where it writes the conditional modes, under output_root
+    fitted_out: str = ""  # and the fitted values (``outputs``)
+    output_root: str = ""
 
     kind = "fit"
 

@@ -74,6 +74,7 @@ def run_task(task: Task, conn: Connection) -> tuple[Any, ...]:
     from .comparison import run_comparison
     from .confined import AccessDenied
     from .fitting import Channel, run_fit
+    from .outputs import OutputRefused
 
     channel = Channel(conn)
     try:
@@ -84,6 +85,8 @@ def run_task(task: Task, conn: Connection) -> tuple[Any, ...]:
         return ("done", result_json, extras)
     except AccessDenied as exc:
         return ("error", "PERMISSION_DENIED", str(exc), "source")
+    except OutputRefused as exc:
+        return ("error", exc.code, exc.message, exc.field)
     except solver.InputError as exc:
         return ("error", "INVALID_ARGUMENT", str(exc), REQUEST_FIELDS.get(exc.field, exc.field))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

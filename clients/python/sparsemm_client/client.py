@@ -68,6 +68,19 @@ def model_spec(
     )
 
 
+def output_options(
+    ranef: bool,
+    fitted: bool,
+    residual_quantiles: bool,
+    ranef_path: str | None = None,
+    fitted_path: str | None = None,
+) -> pb.OutputOptions:
+    return pb.OutputOptions(
+        ranef=ranef, fitted=fitted, residual_quantiles=residual_quantiles,
+        ranef_path=ranef_path or "", fitted_path=fitted_path or "",
+    )  # fmt: skip
+
+
 class Client:
     """A connection to a sparsemm server.
 
@@ -128,12 +141,17 @@ class Client:
         progress: ProgressCallback | None = None,
         timeout: float | None = None,
         name: str | None = None,
+        ranef_path: str | None = None,
+        fitted_path: str | None = None,
     ) -> FitResult:
-        """Fit on the server and wait for the result (cancelled if this call is)."""
+        """Fit on the server and wait for the result (cancelled if this call is).
+
+        ``ranef_path``/``fitted_path``: write that table to this Parquet path on the
+        server (under its ``--output-root``) instead of keeping it for ``ranef()`` /
+        ``fitted()``; ``result.written`` says where it went.
+        """
         model = model_spec(formula, ml, weights, family, link, ordering)
-        outputs = pb.OutputOptions(
-            ranef=ranef, fitted=fitted, residual_quantiles=residual_quantiles
-        )
+        outputs = output_options(ranef, fitted, residual_quantiles, ranef_path, fitted_path)
         if isinstance(data, str):
             request = pb.FitRequest(source=data, model=model, outputs=outputs)
             call = self._stub.Fit(request, timeout=timeout, metadata=self._metadata)
@@ -213,14 +231,14 @@ class Client:
         ranef: bool = True,
         fitted: bool = False,
         residual_quantiles: bool = True,
+        ranef_path: str | None = None,
+        fitted_path: str | None = None,
     ) -> Job:
         """Start a fit on a server-side source as a job that outlives this call."""
         request = pb.SubmitJobRequest(
             source=source,
             model=model_spec(formula, ml, weights, family, link, ordering),
-            outputs=pb.OutputOptions(
-                ranef=ranef, fitted=fitted, residual_quantiles=residual_quantiles
-            ),
+            outputs=output_options(ranef, fitted, residual_quantiles, ranef_path, fitted_path),
         )
         return Job.from_proto(self._unary(self._stub.SubmitJob, request).job)
 

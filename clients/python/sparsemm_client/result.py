@@ -124,6 +124,12 @@ class FitResult:
     def residual_quantiles(self) -> list[float]:
         return list(self.message.residual_quantiles)
 
+    @property
+    def written(self) -> dict[str, str]:
+        """Tables written on the server: {"ranef" | "fitted": absolute path there}."""
+        w = self.message.written
+        return {k: v for k, v in (("ranef", w.ranef_path), ("fitted", w.fitted_path)) if v}
+
     def summary(self, data_name: str | None = None) -> str:
         """lme4's ``summary(m)`` as text (scaled residuals when the fit kept them)."""
         name = self.data_name if data_name is None else data_name
