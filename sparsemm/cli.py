@@ -1,5 +1,5 @@
-"""The ``sparsemm`` command: ``sparsemm fit ...`` and ``sparsemm serve ...`` (DESIGN.md §5);
-``cli_service`` adds ``sparsemm anova``.
+"""The ``sparsemm`` command: ``sparsemm fit ...`` (DESIGN.md §5); ``cli_service`` adds
+``sparsemm serve`` and ``sparsemm anova``.
 
 ``fit --server HOST:PORT`` fits through the thin client (``sparsemm_client``) and prints
 the same text or JSON as an in-process fit.  Exit status 0 on success, 2 on bad input
@@ -59,49 +59,16 @@ def _parser() -> argparse.ArgumentParser:
         choices=["auto", "schur", "metis", "amd", "nesdis", "best", "natural"],
     )
     f.add_argument("--quiet", action="store_true", help="no progress bars")
-    _serve_parser(sub)
     from sparsemm import cli_service  # here: it imports this module's helpers
 
     cli_service.register(sub)
     return p
 
 
-def _serve_parser(sub: Any) -> None:
-    s = sub.add_parser("serve", help="run the gRPC service")
-    s.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT to listen on")
-    s.add_argument(
-        "--data-root",
-        action="append",
-        required=True,
-        dest="data_roots",
-        metavar="DIR",
-        help="a directory remote fits may read (repeatable)",
-    )
-    s.add_argument(
-        "--state",
-        default="sparsemm-state.duckdb",
-        help="DuckDB file keeping jobs and results across restarts",
-    )
-    s.add_argument("--token-file", default=None, help="bearer tokens, one 'NAME TOKEN' a line")
-    s.add_argument("--tls-cert", default=None, help="server certificate (PEM)")
-    s.add_argument("--tls-key", default=None, help="server private key (PEM)")
-    s.add_argument(
-        "--tls-client-ca",
-        default=None,
-        help="require client certificates signed by this CA (mutual TLS)",
-    )
-    s.add_argument("--workers", type=int, default=2, help="fits running at once")
-    s.add_argument("--max-queue", type=int, default=64, help="jobs waiting before refusal")
-    s.add_argument("--grace", type=float, default=10.0, help="seconds to finish on shutdown")
-    s.add_argument("--max-upload-mb", type=int, default=4096, help="largest upload accepted")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if hasattr(args, "handler"):  # commands registered by other modules
         return int(args.handler(args))
-    if args.command == "serve":
-        return _serve(args)
     try:
         return _fit_remote(args) if args.server else _fit(args)
     except (solver.InputError, BadInput) as exc:
@@ -109,22 +76,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except OSError as exc:  # an output path that cannot be written
         print(f"sparsemm: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
-        return 2
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from sparsemm.server import ConfigError, ServerConfig, serve
-
-    config = ServerConfig(
-        listen=args.listen, data_roots=tuple(args.data_roots), state=args.state,
-        token_file=args.token_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca, workers=args.workers, max_queue=args.max_queue,
-        grace_s=args.grace, max_upload_bytes=args.max_upload_mb << 20,
-    )  # fmt: skip
-    try:
-        return serve(config)
-    except ConfigError as exc:
-        print(f"sparsemm: error: {exc}", file=sys.stderr)
         return 2
 
 

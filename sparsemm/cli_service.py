@@ -1,4 +1,9 @@
-"""The service's commands: ``sparsemm anova`` (in-process or ``--server``).
+"""The service's commands: ``sparsemm serve`` and ``sparsemm anova``.
+
+    sparsemm serve [--config PATH.toml] [--listen HOST:PORT] [--data-root DIR ...] ...
+
+Every ``serve`` flag is also a key of the TOML config file (``server.settings``);
+flags override the file.
 
     sparsemm anova --data SOURCE --formula F0 --formula F1 [--weights COL] [--format json]
     sparsemm anova --server HOST:PORT --data SOURCE --formula F0 --formula F1
@@ -15,19 +20,63 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparsemm import solver
 from sparsemm.cli import BadInput, _Progress, _token
 from sparsemm.solver.results import json_safe
 from sparsemm_client.anova import format_anova
 
+if TYPE_CHECKING:
+    from sparsemm.server import ServerConfig
+
 ORDERINGS = ["auto", "schur", "metis", "amd", "nesdis", "best", "natural"]
 
 
 def register(sub: Any) -> None:
     """Add the service's subcommands to ``sparsemm``'s parser (``args.handler`` runs one)."""
+    _serve_parser(sub).set_defaults(handler=serve)
     _anova_parser(sub).set_defaults(handler=anova)
+
+
+def _serve_parser(sub: Any) -> argparse.ArgumentParser:
+    from sparsemm.server.settings import SETTINGS, default
+
+    s = sub.add_parser("serve", help="run the gRPC service")
+    s.add_argument("--config", default=None, metavar="PATH", help="TOML file of these settings")
+    for setting in SETTINGS:  # default None: not given (the file's value or the default)
+        flag, shown = f"--{setting.key}", setting.help
+        if default(setting) is not None:
+            shown += f" (default {default(setting)})"
+        if setting.kind is list:
+            s.add_argument(flag, action="append", default=None, metavar="DIR", help=shown)
+        elif setting.kind is bool:
+            s.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=shown)
+        else:
+            s.add_argument(flag, type=setting.kind, default=None, help=shown)
+    return s
+
+
+def serve(args: argparse.Namespace) -> int:
+    from sparsemm.server import ConfigError, serve
+
+    try:
+        return serve(server_config(args))
+    except ConfigError as exc:
+        print(f"sparsemm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The settings of ``--config`` overridden by the flags given."""
+    from sparsemm.server import settings
+
+    values = settings.read_file(args.config) if args.config else {}
+    for setting in settings.SETTINGS:
+        given = getattr(args, setting.key.replace("-", "_"))
+        if given is not None:
+            values[setting.key] = given
+    return settings.server_config(values)
 
 
 def _anova_parser(sub: Any) -> argparse.ArgumentParser:

@@ -479,9 +479,11 @@ def test_sparsemm_serve_command(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     port = free_port()
-    cmd = [sys.executable, "-m", "sparsemm", "serve", "--listen", f"127.0.0.1:{port}",
-           "--data-root", str(root), "--state", str(tmp_path / "state.duckdb"),
-           "--token-file", str(token_file), "--workers", "1", "--grace", "2"]  # fmt: skip
+    conf = tmp_path / "sparsemm.toml"  # relative paths in it: to its directory
+    conf.write_text(f'data-root = ["{os.path.relpath(root, tmp_path)}"]\nstate = "state.duckdb"\n'
+                    f'token-file = "{token_file}"\nworkers = 3\ngrace = 2\n')  # fmt: skip
+    cmd = [sys.executable, "-m", "sparsemm", "serve", "--config", str(conf),
+           "--listen", f"127.0.0.1:{port}", "--workers", "1"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -490,6 +492,7 @@ def test_sparsemm_serve_command(
         code = main(["fit", "--quiet", "--server", f"127.0.0.1:{port}", "--data",
                      "sleepstudy.parquet", "--formula", FORMULA, "--format", "json"])  # fmt: skip
         assert code == 0 and json.loads(capsys.readouterr().out)["nobs"] == 180
+        assert (tmp_path / "state.duckdb").exists()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
