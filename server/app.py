@@ -56,6 +56,7 @@ class ServerConfig:
     max_upload_bytes: int = 4 << 30
     max_message_bytes: int = 8 << 20
     output_root: str | None = None  # where clients may have tables written (OutputOptions)
+    memory_budget_bytes: int | None = None  # admission control by estimated memory
 
 
 def _read(path: str, what: str) -> bytes:
@@ -104,6 +105,8 @@ class SparseMMServer:
             )
         if config.workers < 1 or config.max_queue < 1 or config.grace_s < 0:
             raise ConfigError("--workers and --max-queue must be at least 1, --grace >= 0")
+        if config.memory_budget_bytes is not None and config.memory_budget_bytes <= 0:
+            raise ConfigError("--memory-budget-mb must be positive")
         self._credentials = _credentials(config)
         try:
             self.roots = DataRoots(config.data_roots)
@@ -111,7 +114,9 @@ class SparseMMServer:
             self.store = JobStore(config.state)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        self.jobs = JobManager(self.store, config.workers, config.max_queue)
+        self.jobs = JobManager(
+            self.store, config.workers, config.max_queue, config.memory_budget_bytes
+        )
         self.auth = Authenticator(tokens, client_certs=config.tls_client_ca is not None)
         self.health = health.HealthServicer()
         self._server = self._build(tokens)

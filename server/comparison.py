@@ -12,7 +12,7 @@ from typing import Any
 
 from ..solver.errors import InputError
 from ..solver.results import json_safe
-from .fitting import Channel, model, prepare
+from .fitting import Channel, estimate, model, prepare
 from .task import CompareTask, FitTask
 
 MODEL_FIELDS = ("formula", "weights", "family", "link")
@@ -34,6 +34,10 @@ def run_comparison(task: CompareTask, channel: Channel) -> tuple[str, dict[str, 
         None if kept else _prepare(fit, channel, i)
         for i, (fit, kept) in enumerate(zip(task.fits, task.stored))
     ]
+    memory = [(i, estimate(fit, d)) for i, (fit, d) in enumerate(zip(task.fits, data)) if d]
+    if memory:  # both fits' memory is held until the test
+        detail = "; ".join(f"model {i}: {m.describe()}" for i, m in memory)
+        channel.admit(sum(m.total_bytes for _, m in memory), detail)
     lines = []
     for fit, kept, prepared in zip(task.fits, task.stored, data):
         if kept:

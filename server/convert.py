@@ -192,6 +192,7 @@ def fit_result(result_json: str, extras: dict[str, Any]) -> pb.FitResult:
         messages=d["messages"],
         residual_quantiles=extras.get("residual_quantiles", []),
         result_json=result_json,
+        memory_estimate_bytes=extras.get("memory_estimate_bytes", 0),
         written=pb.WrittenTables(
             ranef_path=extras.get("ranef_written", ""),
             fitted_path=extras.get("fitted_written", ""),
@@ -255,9 +256,16 @@ def state_word(value: int) -> str | None:
 
 
 def progress(event: tuple[Any, ...]) -> pb.Progress:
-    """A worker's progress message: ("rows", stage, rows) or ("iteration", k, objective)."""
+    """A progress event: ("rows", stage, rows), ("iteration", k, objective) or
+    ("memory", estimate, budget, in_use, waiting, detail)."""
     if event[0] == "rows":
         return pb.Progress(rows_read=pb.RowsRead(stage=event[1], rows=event[2]))
+    if event[0] == "memory":
+        _, estimate, budget, in_use, waiting, detail = event
+        return pb.Progress(memory=pb.MemoryAdmission(
+            estimate_bytes=estimate, budget_bytes=budget, in_use_bytes=in_use, waiting=waiting,
+            detail=detail,
+        ))  # fmt: skip
     return pb.Progress(iteration=pb.OptimizerIteration(evaluation=event[1], objective=event[2]))
 
 

@@ -1,6 +1,7 @@
 """Fitting a ``FitTask`` inside a worker process (``worker``), reporting to the manager.
 
-    source (confined) -> solver.prepare -> model -> fit -> the contract JSON + extras
+    source (confined) -> solver.prepare -> memory estimate, admitted by the manager
+    -> model -> fit -> the contract JSON + extras
 
 ``Channel`` is the worker's end of its pipe: progress goes out as messages
 (``worker`` lists them).
@@ -19,11 +20,22 @@ from ..solver.results import json_safe
 from .task import FitTask
 
 
+class AdmissionRefused(Exception):
+    """The job manager refused the fit's estimated memory (RESOURCE_EXHAUSTED)."""
+
+
 @dataclass(frozen=True)
 class Channel:
-    """Progress messages to the job manager."""
+    """Progress messages to the job manager, and the memory admission handshake."""
 
     conn: Connection
+
+    def admit(self, nbytes: int, detail: str) -> None:
+        """Ask to go on with a fit estimated to hold ``nbytes``; wait for the answer."""
+        self.conn.send(("memory", nbytes, detail))
+        reply = self.conn.recv()
+        if reply[0] != "go":
+            raise AdmissionRefused(reply[1])
 
     def rows(self, stage: str, n: int) -> None:
         self.conn.send(("rows", stage, n))
@@ -63,13 +75,23 @@ def model(task: FitTask, data: Any) -> Any:
     return solver.GeneralizedLinearMixedModel(data, fam, ordering=task.ordering)
 
 
+def estimate(task: FitTask, data: Any) -> Any:
+    """``solver.memory.estimate`` of the task's fit."""
+    from sparsemm.solver.memory import estimate
+
+    return estimate(data, task.ordering)
+
+
 def run_fit(task: FitTask, channel: Channel) -> tuple[str, dict[str, Any]]:
     started = time.perf_counter()
     data = prepare(task, channel)
+    memory = estimate(task, data)
+    channel.admit(memory.total_bytes, memory.describe())
     read_s = time.perf_counter() - started
     fitted = model(task, data).fit(progress=channel.iteration)
     timings = {"read_s": read_s, "fit_s": time.perf_counter() - started - read_s}
     extras = _outputs(task, fitted)
+    extras["memory_estimate_bytes"] = memory.total_bytes
     timings["total_s"] = time.perf_counter() - started
     out = fitted.result.to_dict()
     out["timings"] = timings

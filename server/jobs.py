@@ -6,7 +6,8 @@ Every transition is written to the store first, then published to the job's
 watchers.  A running job is cancelled by killing its worker process (a new one is
 started in its place), so cancellation and deadlines stop a fit within the
 manager's polling interval.  The queue is bounded: beyond ``max_queue`` waiting
-jobs, ``submit`` refuses with RESOURCE_EXHAUSTED.
+jobs, ``submit`` refuses with RESOURCE_EXHAUSTED.  A worker's estimate of its fit's
+memory is answered against the memory budget (``admission``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 import grpc
 
+from .admission import MemoryBudget
 from .errors import ServiceError
 from .store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
 from .task import Task
@@ -105,9 +107,16 @@ class WorkerSlot:
 
 
 class JobManager:
-    def __init__(self, store: JobStore, workers: int = 2, max_queue: int = 64) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        workers: int = 2,
+        max_queue: int = 64,
+        memory_budget_bytes: int | None = None,
+    ) -> None:
         self.store = store
         self.max_queue = max_queue
+        self.memory = MemoryBudget(memory_budget_bytes)
         self._ctx = mp.get_context("spawn")
         self._cond = threading.Condition()  # guards the queue, _live and _closing
         self._queue: deque[LiveJob] = deque()
@@ -303,12 +312,35 @@ class JobManager:
                 return
             if msg[0] in ("rows", "iteration"):
                 live.publish(("progress", msg))
+            elif msg[0] == "memory":
+                self._admit_memory(slot, live, msg[1], msg[2])
             elif msg[0] == "done":
                 self._finish(live, SUCCEEDED, result_json=msg[1], extras=msg[2])
                 return
             elif msg[0] == "error":
                 self._finish(live, FAILED, error=(msg[1], msg[2], msg[3]))
                 return
+
+    def _admit_memory(self, slot: WorkerSlot, live: LiveJob, nbytes: int, detail: str) -> None:
+        """Answer a worker's estimate (``admission``): go, refuse, or wait for room first;
+        nothing if the job is cancelled while it waits (the caller then kills it)."""
+        memory, job_id = self.memory, live.rec.job_id
+        refusal = memory.refusal(nbytes, detail)
+        if refusal is not None:
+            _send(slot, ("refuse", refusal))
+            return
+
+        def event(in_use: int, waiting: bool) -> None:
+            live.publish(("progress", ("memory", nbytes, memory.budget or 0, in_use, waiting,
+                                       detail)))  # fmt: skip
+
+        def on_wait(in_use: int) -> None:
+            log.info("job %s waits for memory (%d MB)", job_id, nbytes >> 20)
+            event(in_use, True)
+
+        if memory.acquire(job_id, nbytes, lambda: live.cancel_reason is not None, on_wait):
+            event(memory.in_use, False)
+            _send(slot, ("go",))
 
     def _finish(
         self,
@@ -319,6 +351,7 @@ class JobManager:
         error: tuple[str, str, str] | None = None,
     ) -> None:
         job_id = live.rec.job_id
+        self.memory.release(job_id)
         self.store.finished(job_id, state, result_json, extras, error)
         with live.cond:
             live.rec.state, live.rec.finished_unix = state, time.time()
@@ -333,6 +366,12 @@ class JobManager:
             with contextlib.suppress(OSError):
                 os.remove(spool)
         log.info("job %s %s", job_id, state.lower())
+
+
+def _send(slot: WorkerSlot, msg: tuple[Any, ...]) -> None:
+    if slot.conn is not None:
+        with contextlib.suppress(OSError):
+            slot.conn.send(msg)  # a dead worker is noticed by the caller's loop
 
 
 def _receive(slot: WorkerSlot) -> tuple[Any, ...] | None:

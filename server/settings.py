@@ -57,6 +57,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-message-mb", "max_message_bytes", int, "largest gRPC message", scale=1 << 20),
     Setting("output-root", "output_root", str,
             "a writable directory clients may have tables written to", path=True),
+    Setting("memory-budget-mb", "memory_budget_bytes", int,
+            "admit fits while their estimated memory fits in this (default: no limit)",
+            scale=1 << 20),
 )  # fmt: skip
 BY_KEY = {s.key: s for s in SETTINGS}
 

@@ -9,6 +9,8 @@ runs on a gRPC thread and can always be stopped.
 Messages to the manager:
     ("ready",)                                  imports done
     ("rows", stage, rows)                       rows read so far in a pass
+    ("memory", bytes, detail)                   the fit's estimate; answered ("go",)
+                                                or ("refuse", message) (``admission``)
     ("iteration", k, objective)                 an objective evaluation
     ("done", result_json, extras)               the contract JSON, residual quantiles
     ("error", status_code_name, message, field) a fault in the input (or INTERNAL)
@@ -73,7 +75,7 @@ def run_task(task: Task, conn: Connection) -> tuple[Any, ...]:
 
     from .comparison import run_comparison
     from .confined import AccessDenied
-    from .fitting import Channel, run_fit
+    from .fitting import AdmissionRefused, Channel, run_fit
     from .outputs import OutputRefused
 
     channel = Channel(conn)
@@ -87,6 +89,8 @@ def run_task(task: Task, conn: Connection) -> tuple[Any, ...]:
         return ("error", "PERMISSION_DENIED", str(exc), "source")
     except OutputRefused as exc:
         return ("error", exc.code, exc.message, exc.field)
+    except AdmissionRefused as exc:
+        return ("error", "RESOURCE_EXHAUSTED", str(exc), "")
     except solver.InputError as exc:
         return ("error", "INVALID_ARGUMENT", str(exc), REQUEST_FIELDS.get(exc.field, exc.field))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

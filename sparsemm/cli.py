@@ -191,7 +191,7 @@ class _Progress:
         """A progress event from a server (``sparsemm_client.Progress``)."""
         if progress.kind == "rows":
             self.rows(progress.stage, progress.rows)
-        else:
+        elif progress.kind == "iteration":
             self.iteration(progress.evaluation, progress.objective)
 
     def iteration(self, k: int, value: float) -> None:

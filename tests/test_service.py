@@ -105,7 +105,7 @@ def test_remote_fit_equals_in_process(client: Client, root: Path) -> None:
     assert remote.fixef == pytest.approx(
         {fe.term: fe.estimate for fe in local.result.fixed_effects}, rel=1e-10
     )
-    assert {e.kind for e in events} == {"rows", "iteration"}
+    assert {e.kind for e in events} == {"rows", "memory", "iteration"}
     assert list(remote.message.theta) == pytest.approx(local.result.theta, rel=1e-10)
     assert remote.message.reml_criterion == pytest.approx(local.result.reml_criterion, rel=1e-10)
     assert remote.varcorr[-1]["group"] == "Residual"

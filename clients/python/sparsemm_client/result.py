@@ -62,18 +62,31 @@ class Job:
 
 @dataclass(frozen=True)
 class Progress:
-    """A progress event: rows read in a pass, or an evaluation of the objective."""
+    """A progress event: rows read in a pass, an evaluation of the objective, or the
+    fit's memory estimate against the server's budget (``waiting`` for room, or admitted)."""
 
-    kind: str  # "rows" | "iteration"
+    kind: str  # "rows" | "iteration" | "memory"
     stage: str = ""
     rows: int = 0
     evaluation: int = 0
     objective: float = float("nan")
+    estimate_bytes: int = 0
+    budget_bytes: int = 0  # 0: no budget
+    in_use_bytes: int = 0
+    waiting: bool = False
+    detail: str = ""
 
     @staticmethod
     def from_proto(msg: pb.Progress) -> Progress:
-        if msg.WhichOneof("event") == "rows_read":
+        kind = msg.WhichOneof("event")
+        if kind == "rows_read":
             return Progress("rows", stage=msg.rows_read.stage, rows=msg.rows_read.rows)
+        if kind == "memory":
+            m = msg.memory
+            return Progress(
+                "memory", estimate_bytes=m.estimate_bytes, budget_bytes=m.budget_bytes,
+                in_use_bytes=m.in_use_bytes, waiting=m.waiting, detail=m.detail,
+            )  # fmt: skip
         it = msg.iteration
         return Progress("iteration", evaluation=it.evaluation, objective=it.objective)
 
