@@ -26,6 +26,7 @@ from sparsemm.v1 import sparsemm_pb2 as pb
 from sparsemm.v1 import sparsemm_pb2_grpc as pb_grpc
 
 from .auth import Authenticator, AuthInterceptor, TokenTable, is_loopback
+from .disclosure import DEFAULT_MAX_SATURATION, DEFAULT_MIN_GROUP_SIZE, DisclosurePolicy
 from .jobs import JobManager
 from .outputs import OutputRoot
 from .paths import DataRoots
@@ -57,6 +58,15 @@ class ServerConfig:
     max_message_bytes: int = 8 << 20
     output_root: str | None = None  # where clients may have tables written (OutputOptions)
     memory_budget_bytes: int | None = None  # admission control by estimated memory
+    disclosure_control: bool = False  # for health data (``disclosure``): off by default
+    min_group_size: int = DEFAULT_MIN_GROUP_SIZE
+    allow_row_outputs: bool = False
+    max_saturation: float = DEFAULT_MAX_SATURATION
+
+    def disclosure(self) -> DisclosurePolicy | None:
+        if not self.disclosure_control:
+            return None
+        return DisclosurePolicy(self.min_group_size, self.allow_row_outputs, self.max_saturation)
 
 
 def _read(path: str, what: str) -> bytes:
@@ -107,6 +117,8 @@ class SparseMMServer:
             raise ConfigError("--workers and --max-queue must be at least 1, --grace >= 0")
         if config.memory_budget_bytes is not None and config.memory_budget_bytes <= 0:
             raise ConfigError("--memory-budget-mb must be positive")
+        if config.min_group_size < 1 or not 0 < config.max_saturation <= 1:
+            raise ConfigError("--min-group-size must be at least 1, --max-saturation in (0, 1]")
         self._credentials = _credentials(config)
         try:
             self.roots = DataRoots(config.data_roots)
@@ -115,7 +127,11 @@ class SparseMMServer:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self.jobs = JobManager(
-            self.store, config.workers, config.max_queue, config.memory_budget_bytes
+            self.store,
+            config.workers,
+            config.max_queue,
+            config.memory_budget_bytes,
+            config.disclosure(),
         )
         self.auth = Authenticator(tokens, client_certs=config.tls_client_ca is not None)
         self.health = health.HealthServicer()
@@ -138,8 +154,9 @@ class SparseMMServer:
             ],
         )
         servicer = SparseMMServicer(
-            self.jobs, self.roots, self.auth, cfg.max_upload_bytes, self.output_root
-        )
+            self.jobs, self.roots, self.auth, cfg.max_upload_bytes, self.output_root,
+            cfg.disclosure(),
+        )  # fmt: skip
         pb_grpc.add_SparseMMServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (

@@ -12,26 +12,32 @@ from typing import Any
 
 from ..solver.errors import InputError
 from ..solver.results import json_safe
+from .disclosure import DisclosurePolicy
 from .fitting import Channel, estimate, model, prepare
 from .task import CompareTask, FitTask
 
 MODEL_FIELDS = ("formula", "weights", "family", "link")
 
 
-def _prepare(fit: FitTask, channel: Channel, i: int) -> Any:
+def _prepare(fit: FitTask, channel: Channel, i: int, policy: DisclosurePolicy | None) -> Any:
     try:
-        return prepare(fit, channel)
+        data = prepare(fit, channel)
+        if policy is not None:
+            policy.check_design(data)  # the test itself reveals only aggregates
+        return data
     except InputError as exc:  # name the model at fault, as the request does
         if exc.field in MODEL_FIELDS:
             exc.field = f"models[{i}].{exc.field}"
         raise
 
 
-def run_comparison(task: CompareTask, channel: Channel) -> tuple[str, dict[str, Any]]:
+def run_comparison(
+    task: CompareTask, channel: Channel, policy: DisclosurePolicy | None = None
+) -> tuple[str, dict[str, Any]]:
     from sparsemm.solver import inference
 
     data = [
-        None if kept else _prepare(fit, channel, i)
+        None if kept else _prepare(fit, channel, i, policy)
         for i, (fit, kept) in enumerate(zip(task.fits, task.stored))
     ]
     memory = [(i, estimate(fit, d)) for i, (fit, d) in enumerate(zip(task.fits, data)) if d]

@@ -201,6 +201,8 @@ def fit_result(result_json: str, extras: dict[str, Any]) -> pb.FitResult:
     )
     if "diagnostics" in d:
         msg.diagnostics.CopyFrom(_diagnostics(d["diagnostics"]))
+    if "disclosure" in d:
+        msg.disclosure.CopyFrom(_disclosure(d["disclosure"]))
     if "timings" in d:
         msg.timings.CopyFrom(
             pb.Timings(
@@ -226,6 +228,17 @@ def comparison(result_json: str) -> pb.LikelihoodRatioTest:
         small=line(d["small"]), big=line(d["big"]), chisq=_num(d["chisq"]), df=d["df"],
         p_value=_num(d["p"]), result_json=result_json,
     )  # fmt: skip
+
+
+def _disclosure(d: dict[str, Any]) -> pb.Disclosure:
+    return pb.Disclosure(
+        min_group_size=d["min_group_size"],
+        max_saturation=d["max_saturation"],
+        row_outputs_allowed=d["row_outputs_allowed"],
+        ranef_withheld=[pb.WithheldLevels(**w) for w in d["ranef_withheld"]],
+        withheld=d["withheld"],
+        notes=d["notes"],
+    )
 
 
 def _diagnostics(d: dict[str, Any]) -> pb.FitDiagnostics:

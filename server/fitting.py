@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..solver.results import json_safe
+from .disclosure import DisclosurePolicy
 from .task import FitTask
 
 
@@ -82,30 +83,57 @@ def estimate(task: FitTask, data: Any) -> Any:
     return estimate(data, task.ordering)
 
 
-def run_fit(task: FitTask, channel: Channel) -> tuple[str, dict[str, Any]]:
+def run_fit(
+    task: FitTask, channel: Channel, policy: DisclosurePolicy | None = None
+) -> tuple[str, dict[str, Any]]:
     started = time.perf_counter()
     data = prepare(task, channel)
+    notes = policy.check_design(data) if policy is not None else []
     memory = estimate(task, data)
     channel.admit(memory.total_bytes, memory.describe())
     read_s = time.perf_counter() - started
     fitted = model(task, data).fit(progress=channel.iteration)
     timings = {"read_s": read_s, "fit_s": time.perf_counter() - started - read_s}
-    extras = _outputs(task, fitted)
+    extras, withheld = _outputs(task, fitted, data, policy)
     extras["memory_estimate_bytes"] = memory.total_bytes
     timings["total_s"] = time.perf_counter() - started
     out = fitted.result.to_dict()
+    if policy is not None:
+        out["disclosure"] = policy.record(withheld[0], withheld[1], notes)
     out["timings"] = timings
     return json.dumps(json_safe(out)), extras
 
 
-def _outputs(task: FitTask, fitted: Any) -> dict[str, Any]:
+Withheld = tuple[list[dict[str, Any]] | None, list[str]]  # (ranef levels, row outputs)
+
+
+def _outputs(
+    task: FitTask, fitted: Any, data: Any, policy: DisclosurePolicy | None
+) -> tuple[dict[str, Any], Withheld]:
     """Write the tables: kept with the job (for GetRanef, GetFitted) or where the client
-    asked on the server; the scaled residuals' quantiles (as the CLI's)."""
+    asked on the server; the scaled residuals' quantiles (as the CLI's).  Under a
+    disclosure policy, small levels and row-level outputs are withheld."""
+    extras: dict[str, Any] = {}
+    ranef_withheld = None
+    if task.ranef:
+        table = fitted.ranef()
+        if policy is not None:
+            table, ranef_withheld = policy.withhold_ranef(data, table)
+        extras.update(_table(task, table, "ranef", task.ranef_out))
+    if policy is not None and not policy.allow_row_outputs:
+        words = (
+            (task.fitted, "fitted values and residuals"),
+            (task.residual_quantiles, "the quantiles of the scaled residuals"),
+        )
+        return extras, (ranef_withheld, [w for asked, w in words if asked])
+    extras.update(_row_outputs(task, fitted))
+    return extras, (ranef_withheld, [])
+
+
+def _row_outputs(task: FitTask, fitted: Any) -> dict[str, Any]:
     from sparsemm.summary import residual_quantiles
 
     extras: dict[str, Any] = {}
-    if task.ranef:
-        extras.update(_table(task, fitted.ranef(), "ranef", task.ranef_out))
     if task.fitted or task.residual_quantiles:
         table = fitted.fitted()
         if task.fitted:

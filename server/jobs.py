@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 
 from .admission import MemoryBudget
+from .disclosure import DisclosurePolicy
 from .errors import ServiceError
 from .store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
 from .task import Task
@@ -66,16 +67,20 @@ class LiveJob:
 class WorkerSlot:
     """One worker process and its pipe; restarted after a kill or a crash."""
 
-    def __init__(self, ctx: Any, index: int) -> None:
+    def __init__(self, ctx: Any, index: int, policy: DisclosurePolicy | None = None) -> None:
         self.ctx = ctx
         self.index = index
+        self.policy = policy
         self.proc: BaseProcess | None = None
         self.conn: Connection | None = None
 
     def start(self) -> None:
         parent, child = self.ctx.Pipe()
         proc = self.ctx.Process(
-            target=worker_main, args=(child,), daemon=True, name=f"sparsemm-worker-{self.index}"
+            target=worker_main,
+            args=(child, self.policy),
+            daemon=True,
+            name=f"sparsemm-worker-{self.index}",
         )
         proc.start()
         child.close()
@@ -113,6 +118,7 @@ class JobManager:
         workers: int = 2,
         max_queue: int = 64,
         memory_budget_bytes: int | None = None,
+        disclosure: DisclosurePolicy | None = None,
     ) -> None:
         self.store = store
         self.max_queue = max_queue
@@ -123,7 +129,7 @@ class JobManager:
         self._live: dict[str, LiveJob] = {}
         self._busy: set[str] = set()
         self._closing = False
-        self._slots = [WorkerSlot(self._ctx, i) for i in range(workers)]
+        self._slots = [WorkerSlot(self._ctx, i, disclosure) for i in range(workers)]
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------ life cycle

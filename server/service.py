@@ -24,6 +24,7 @@ from sparsemm.v1 import sparsemm_pb2_grpc as pb_grpc
 
 from . import convert
 from .auth import Authenticator
+from .disclosure import DisclosurePolicy
 from .errors import ServiceError, code_named, invalid, status_of
 from .jobs import JobManager
 from .outputs import OutputRefused, OutputRoot
@@ -64,14 +65,6 @@ def _streaming(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _result(rec: JobRecord) -> Any:
-    """A finished job's result message: a FitResult, or a comparison's test."""
-    assert rec.result_json is not None
-    if isinstance(rec.task, CompareTask):
-        return convert.comparison(rec.result_json)
-    return convert.fit_result(rec.result_json, rec.extras)
-
-
 def _job_id(value: str) -> str:
     if not value or len(value) > 64:
         raise invalid("job_id is empty or too long", "job_id")
@@ -86,12 +79,14 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
         auth: Authenticator,
         max_upload_bytes: int,
         output_root: OutputRoot | None = None,
+        disclosure: DisclosurePolicy | None = None,
     ) -> None:
         self.jobs = jobs
         self.roots = roots
         self.auth = auth
         self.max_upload_bytes = max_upload_bytes
         self.output_root = output_root
+        self.disclosure = disclosure
 
     # ------------------------------------------------------------ fits
 
@@ -277,7 +272,7 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
                     payload.error_message or "the job failed",
                     payload.error_field or "",
                 )
-            yield response(result=_result(payload))
+            yield response(result=self._result(payload))
 
     # ------------------------------------------------------------ jobs
 
@@ -293,7 +288,7 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
         out = pb.GetJobResponse(job=convert.job(rec))
         if rec.state == SUCCEEDED and rec.result_json:
             field = "comparison" if isinstance(rec.task, CompareTask) else "result"
-            getattr(out, field).CopyFrom(_result(rec))
+            getattr(out, field).CopyFrom(self._result(rec))
         return out
 
     @_streaming
@@ -306,7 +301,7 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
             yield pb.WatchJobResponse(job=convert.job(payload))
             if kind == "final" and payload.state == SUCCEEDED and payload.result_json:
                 field = "comparison" if isinstance(payload.task, CompareTask) else "result"
-                yield pb.WatchJobResponse(**{field: _result(payload)})
+                yield pb.WatchJobResponse(**{field: self._result(payload)})
 
     @_unary
     def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> Any:
@@ -336,6 +331,17 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
             jobs=[convert.job(r) for r in recs[:size]], next_page_token=token
         )
 
+    def _result(self, rec: JobRecord) -> Any:
+        """A finished job's result message: a FitResult, or a comparison's test.  Row-level
+        figures of jobs run before disclosure control was on are not returned."""
+        assert rec.result_json is not None
+        if isinstance(rec.task, CompareTask):
+            return convert.comparison(rec.result_json)
+        extras = rec.extras
+        if self.disclosure is not None and not self.disclosure.allow_row_outputs:
+            extras = {k: v for k, v in extras.items() if k != "residual_quantiles"}
+        return convert.fit_result(rec.result_json, extras)
+
     # ------------------------------------------------------------ big tables
 
     @_streaming
@@ -354,6 +360,7 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
         self, job_id: str, context: grpc.ServicerContext, key: str, option: str
     ) -> Iterator[pb.ArrowBatch]:
         rec = self.jobs.get(_job_id(job_id), self.auth.caller(context))
+        self._disclosed(rec, key)
         if rec.state != SUCCEEDED:
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -375,3 +382,17 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
                 option,
             )
         yield from convert.arrow_batches(path)
+
+    def _disclosed(self, rec: JobRecord, key: str) -> None:
+        """Refuse a table the disclosure policy withholds: row-level tables unless allowed,
+        and tables kept by a job that ran before the policy (not filtered by it)."""
+        policy = self.disclosure
+        if policy is None:
+            return
+        filtered = rec.result_json is not None and '"disclosure"' in rec.result_json
+        if (key == "fitted_path" and not policy.allow_row_outputs) or not filtered:
+            raise ServiceError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "withheld by the server's disclosure control",
+                "job_id",
+            )

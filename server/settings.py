@@ -60,6 +60,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("memory-budget-mb", "memory_budget_bytes", int,
             "admit fits while their estimated memory fits in this (default: no limit)",
             scale=1 << 20),
+    Setting("disclosure-control", "disclosure_control", bool,
+            "withhold small groups' modes and row-level outputs, refuse oversaturated designs"),
+    Setting("min-group-size", "min_group_size", int,
+            "disclosure control: fewest rows behind a level's modes or a 0/1 fixed effect"),
+    Setting("allow-row-outputs", "allow_row_outputs", bool,
+            "disclosure control: give fitted values and residuals all the same"),
+    Setting("max-saturation", "max_saturation", float,
+            "disclosure control: most parameters (fixed + random-effect columns) per row"),
 )  # fmt: skip
 BY_KEY = {s.key: s for s in SETTINGS}
 

@@ -27,6 +27,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .disclosure import DisclosurePolicy
 from .task import CompareTask, Task
 
 # the solver names its options as the CLI does; the service, as the request's fields
@@ -40,7 +41,7 @@ REQUEST_FIELDS = {
 }
 
 
-def worker_main(conn: Connection) -> None:
+def worker_main(conn: Connection, policy: DisclosurePolicy | None = None) -> None:
     # the terminal's Ctrl-C reaches the whole process group; the manager decides
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
@@ -54,7 +55,7 @@ def worker_main(conn: Connection) -> None:
             return
         if task is None:
             return
-        conn.send(run_task(task, conn))
+        conn.send(run_task(task, conn, policy))
 
 
 def _exit_with_parent() -> None:
@@ -68,25 +69,31 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-def run_task(task: Task, conn: Connection) -> tuple[Any, ...]:
+def run_task(
+    task: Task, conn: Connection, policy: DisclosurePolicy | None = None
+) -> tuple[Any, ...]:
     import pyarrow as pa
 
     from sparsemm import solver
 
     from .comparison import run_comparison
     from .confined import AccessDenied
+    from .disclosure import DisclosureRefused
     from .fitting import AdmissionRefused, Channel, run_fit
     from .outputs import OutputRefused
 
     channel = Channel(conn)
     try:
         if isinstance(task, CompareTask):
-            result_json, extras = run_comparison(task, channel)
+            result_json, extras = run_comparison(task, channel, policy)
         else:
-            result_json, extras = run_fit(task, channel)
+            result_json, extras = run_fit(task, channel, policy)
         return ("done", result_json, extras)
     except AccessDenied as exc:
         return ("error", "PERMISSION_DENIED", str(exc), "source")
+    except DisclosureRefused as exc:
+        field = REQUEST_FIELDS.get(exc.field, exc.field)
+        return ("error", "FAILED_PRECONDITION", str(exc), field)
     except OutputRefused as exc:
         return ("error", exc.code, exc.message, exc.field)
     except AdmissionRefused as exc:

@@ -24,7 +24,8 @@ def _serve_parser() -> argparse.ArgumentParser:
 
 def test_every_flag_has_a_key() -> None:
     flags = {o.lstrip("-") for a in _serve_parser()._actions for o in a.option_strings}
-    assert flags - {"help", "h", "config"} == {s.key for s in SETTINGS}
+    negated = {f"no-{s.key}" for s in SETTINGS if s.kind is bool}  # --no-disclosure-control
+    assert flags - {"help", "h", "config"} - negated == {s.key for s in SETTINGS}
 
 
 def test_file_then_flags(tmp_path: Path) -> None:
@@ -34,7 +35,8 @@ def test_file_then_flags(tmp_path: Path) -> None:
     conf.write_text(
         '# the server\nlisten = "127.0.0.1:6000"\ndata-root = ["../data", "/srv/b"]\n'
         'state = "state.duckdb"\nworkers = 4\nmax-queue = 9\ngrace = 2\nmax-upload-mb = 3\n'
-        'output-root = "/srv/out"\ntoken-file = "tokens"\n'
+        'output-root = "/srv/out"\ntoken-file = "tokens"\ndisclosure-control = true\n'
+        "memory-budget-mb = 512\nmin-group-size = 11\n"
     )
     cfg = _config("--config", str(conf))
     assert cfg.listen == "127.0.0.1:6000" and cfg.workers == 4 and cfg.max_queue == 9
@@ -45,6 +47,9 @@ def test_file_then_flags(tmp_path: Path) -> None:
     cfg = _config("--config", str(conf), "--workers", "1", "--data-root", "x", "--grace", "0.5")
     assert cfg.workers == 1 and cfg.data_roots == ("x",) and cfg.grace_s == 0.5
     assert cfg.max_queue == 9  # still the file's
+    assert cfg.memory_budget_bytes == 512 << 20 and cfg.disclosure() is not None
+    assert cfg.disclosure().min_group_size == 11  # type: ignore[union-attr]
+    assert _config("--config", str(conf), "--no-disclosure-control").disclosure() is None
 
 
 @pytest.mark.parametrize(

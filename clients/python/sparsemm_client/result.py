@@ -138,6 +138,12 @@ class FitResult:
         return list(self.message.residual_quantiles)
 
     @property
+    def disclosure(self) -> dict[str, Any] | None:
+        """What the server's disclosure control withheld (None when it is off)."""
+        d = self._dict.get("disclosure")
+        return dict(d) if d is not None else None
+
+    @property
     def written(self) -> dict[str, str]:
         """Tables written on the server: {"ranef" | "fitted": absolute path there}."""
         w = self.message.written
