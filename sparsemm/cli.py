@@ -109,13 +109,23 @@ def _fit_remote(args: argparse.Namespace) -> int:
             if args.fitted:
                 pq.write_table(fit.fitted(), args.fitted)
     except SparsemmError as exc:
-        print(f"sparsemm: error: {exc.message}", file=sys.stderr)
-        return 2 if exc.bad_input else 1
+        return remote_error(exc, args.server)
     if args.format == "json":
         print(fit.to_json())
     else:
         sys.stdout.write(fit.summary(args.data))
     return 0
+
+
+def remote_error(exc: Any, server: str) -> int:
+    """One line on stderr for a ``SparsemmError``; the exit status: 2 for bad input, else 1."""
+    import grpc
+
+    message = exc.message.splitlines()[0] if exc.message else str(exc.code)
+    if exc.code == grpc.StatusCode.UNAVAILABLE:
+        message = f"cannot reach the sparsemm server at {server}: {message}"
+    print(f"sparsemm: error: {message}", file=sys.stderr)
+    return 2 if exc.bad_input else 1
 
 
 def _check_options(args: argparse.Namespace) -> None:

@@ -23,7 +23,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from sparsemm import solver
-from sparsemm.cli import BadInput, _Progress, _token
+from sparsemm.cli import BadInput, _Progress, _token, remote_error
 from sparsemm.solver.results import json_safe
 from sparsemm_client.anova import format_anova
 
@@ -137,8 +137,7 @@ def _anova_remote(args: argparse.Namespace) -> int:
                     test = client.anova(*args.formula, data=args.data, weights=args.weights,
                                         ordering=args.ordering, progress=prog.event)  # fmt: skip
     except SparsemmError as exc:
-        print(f"sparsemm: error: {exc.message}", file=sys.stderr)
-        return 2 if exc.bad_input else 1
+        return remote_error(exc, args.server)
     _print(test.to_json(), test.to_dict(), args.format, test.data_name)
     return 0
 

@@ -493,8 +493,13 @@ def test_sparsemm_serve_command(
                      "sleepstudy.parquet", "--formula", FORMULA, "--format", "json"])  # fmt: skip
         assert code == 0 and json.loads(capsys.readouterr().out)["nobs"] == 180
         assert (tmp_path / "state.duckdb").exists()
+        with Client(f"127.0.0.1:{port}", token=TOKEN) as c:  # SIGTERM gives it the grace: 2 s
+            slow = c.submit(SLOW_FORMULA, "slow.parquet")
+            wait_for(lambda: c.job(slow.job_id).state == "RUNNING", timeout=20)
+        started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+        assert 2.0 <= time.monotonic() - started < 8.0
     finally:
         if proc.poll() is None:
             proc.kill()
