@@ -26,7 +26,9 @@ from sparsemm.v1 import sparsemm_pb2 as pb
 from sparsemm.v1 import sparsemm_pb2_grpc as pb_grpc
 
 from .auth import Authenticator, AuthInterceptor, TokenTable, is_loopback
+from .disclosure import DEFAULT_MAX_SATURATION, DEFAULT_MIN_GROUP_SIZE, DisclosurePolicy
 from .jobs import JobManager
+from .outputs import OutputRoot
 from .paths import DataRoots
 from .service import SparseMMServicer
 from .store import JobStore
@@ -54,6 +56,17 @@ class ServerConfig:
     grace_s: float = 10.0
     max_upload_bytes: int = 4 << 30
     max_message_bytes: int = 8 << 20
+    output_root: str | None = None  # where clients may have tables written (OutputOptions)
+    memory_budget_bytes: int | None = None  # admission control by estimated memory
+    disclosure_control: bool = False  # for health data (``disclosure``): off by default
+    min_group_size: int = DEFAULT_MIN_GROUP_SIZE
+    allow_row_outputs: bool = False
+    max_saturation: float = DEFAULT_MAX_SATURATION
+
+    def disclosure(self) -> DisclosurePolicy | None:
+        if not self.disclosure_control:
+            return None
+        return DisclosurePolicy(self.min_group_size, self.allow_row_outputs, self.max_saturation)
 
 
 def _read(path: str, what: str) -> bytes:
@@ -102,13 +115,24 @@ class SparseMMServer:
             )
         if config.workers < 1 or config.max_queue < 1 or config.grace_s < 0:
             raise ConfigError("--workers and --max-queue must be at least 1, --grace >= 0")
+        if config.memory_budget_bytes is not None and config.memory_budget_bytes <= 0:
+            raise ConfigError("--memory-budget-mb must be positive")
+        if config.min_group_size < 1 or not 0 < config.max_saturation <= 1:
+            raise ConfigError("--min-group-size must be at least 1, --max-saturation in (0, 1]")
         self._credentials = _credentials(config)
         try:
             self.roots = DataRoots(config.data_roots)
+            self.output_root = OutputRoot.open(config.output_root) if config.output_root else None
             self.store = JobStore(config.state)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        self.jobs = JobManager(self.store, config.workers, config.max_queue)
+        self.jobs = JobManager(
+            self.store,
+            config.workers,
+            config.max_queue,
+            config.memory_budget_bytes,
+            config.disclosure(),
+        )
         self.auth = Authenticator(tokens, client_certs=config.tls_client_ca is not None)
         self.health = health.HealthServicer()
         self._server = self._build(tokens)
@@ -129,7 +153,10 @@ class SparseMMServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        servicer = SparseMMServicer(self.jobs, self.roots, self.auth, cfg.max_upload_bytes)
+        servicer = SparseMMServicer(
+            self.jobs, self.roots, self.auth, cfg.max_upload_bytes, self.output_root,
+            cfg.disclosure(),
+        )  # fmt: skip
         pb_grpc.add_SparseMMServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (

@@ -1,9 +1,10 @@
 """The one place that converts between protobuf messages and the solver's types.
 
-Requests become a validated ``FitTask`` (plain data for a worker process); the
-solver's result, kept as the JSON contract, becomes a ``FitResult`` message that
-also carries that JSON verbatim; job records become ``Job`` messages; Arrow tables
-become ``ArrowBatch`` messages, each a self-contained IPC stream under a size cap.
+Requests become a validated ``FitTask`` or ``CompareTask`` (plain data for a worker
+process); the solver's result, kept as the JSON contract, becomes a ``FitResult``
+message (a comparison's, a ``LikelihoodRatioTest``) that also carries that JSON
+verbatim; job records become ``Job`` messages; Arrow tables become ``ArrowBatch``
+messages, each a self-contained IPC stream under a size cap.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
@@ -20,7 +22,7 @@ from sparsemm.v1 import sparsemm_pb2 as pb
 
 from .errors import invalid
 from .store import JobRecord
-from .task import FitTask, SourceRef
+from .task import CompareTask, FitTask, SourceRef
 
 MAX_FORMULA_CHARS = 10_000
 MAX_NAME_CHARS = 1_000
@@ -46,9 +48,15 @@ def _value(enum: Any, prefix: str, word: str) -> int:
 
 
 def fit_task(
-    job_id: str, source: SourceRef, model: pb.ModelSpec, outputs: pb.OutputOptions, out_dir: str
+    job_id: str,
+    source: SourceRef,
+    model: pb.ModelSpec,
+    outputs: pb.OutputOptions,
+    out_dir: str,
+    written: tuple[str, str, str] = ("", "", ""),
 ) -> FitTask:
-    """Validate a model spec (field names as in the request) and make the worker's task."""
+    """Validate a model spec (field names as in the request) and make the worker's task;
+    ``written``: (ranef path, fitted path, output root) on the server, resolved."""
     formula = model.formula.strip()
     if not formula:
         raise invalid("model.formula is empty", "model.formula")
@@ -80,10 +88,13 @@ def fit_task(
         reml=family == "gaussian" and method in (None, "reml"),
         weights=model.weights or None,
         ordering=ordering,
-        ranef=outputs.ranef,
-        fitted=outputs.fitted,
+        ranef=outputs.ranef or bool(written[0]),
+        fitted=outputs.fitted or bool(written[1]),
         residual_quantiles=outputs.residual_quantiles,
         out_dir=out_dir,
+        ranef_out=written[0],
+        fitted_out=written[1],
+        output_root=written[2],
     )
 
 
@@ -99,20 +110,35 @@ def model_spec(task: FitTask) -> pb.ModelSpec:
     )
 
 
+def for_comparison(task: FitTask, field: str) -> FitTask:
+    """The fit a likelihood-ratio test needs of ``task``: by ML, no tables kept."""
+    if task.family != "gaussian":
+        message = "likelihood-ratio comparisons are of linear mixed models (gaussian family)"
+        raise invalid(message, field)
+    return replace(task, reml=False, ranef=False, fitted=False, residual_quantiles=False)
+
+
 def job(rec: JobRecord) -> pb.Job:
     task = rec.task
     msg = pb.Job(
         job_id=rec.job_id,
         state=_value(pb.JobState, "JOB_STATE_", rec.state),
         source=rec.source_name,
-        model=model_spec(task),
-        outputs=pb.OutputOptions(
-            ranef=task.ranef, fitted=task.fitted, residual_quantiles=task.residual_quantiles
-        ),
+        kind=_value(pb.JobKind, "JOB_KIND_", task.kind),
         created_unix=rec.created_unix,
         started_unix=rec.started_unix or 0.0,
         finished_unix=rec.finished_unix or 0.0,
     )
+    if isinstance(task, CompareTask):
+        msg.models.extend(model_spec(f) for f in task.fits)
+    else:
+        msg.model.CopyFrom(model_spec(task))
+        msg.outputs.CopyFrom(
+            pb.OutputOptions(
+                ranef=task.ranef, fitted=task.fitted, residual_quantiles=task.residual_quantiles,
+                ranef_path=task.ranef_out, fitted_path=task.fitted_out,
+            )
+        )  # fmt: skip
     if rec.error_code:
         msg.error.CopyFrom(
             pb.JobError(
@@ -166,10 +192,17 @@ def fit_result(result_json: str, extras: dict[str, Any]) -> pb.FitResult:
         messages=d["messages"],
         residual_quantiles=extras.get("residual_quantiles", []),
         result_json=result_json,
+        memory_estimate_bytes=extras.get("memory_estimate_bytes", 0),
+        written=pb.WrittenTables(
+            ranef_path=extras.get("ranef_written", ""),
+            fitted_path=extras.get("fitted_written", ""),
+        ),
         **_set(d, "sigma", "reml_criterion"),
     )
     if "diagnostics" in d:
         msg.diagnostics.CopyFrom(_diagnostics(d["diagnostics"]))
+    if "disclosure" in d:
+        msg.disclosure.CopyFrom(_disclosure(d["disclosure"]))
     if "timings" in d:
         msg.timings.CopyFrom(
             pb.Timings(
@@ -181,6 +214,31 @@ def fit_result(result_json: str, extras: dict[str, Any]) -> pb.FitResult:
             )
         )
     return msg
+
+
+def comparison(result_json: str) -> pb.LikelihoodRatioTest:
+    """The test message from its JSON (``LikelihoodRatio.to_dict``), kept verbatim."""
+    d = json.loads(result_json)
+
+    def line(m: dict[str, Any]) -> pb.AnovaLine:
+        nums = {k: _num(m[k]) for k in ("aic", "bic", "loglik", "deviance")}
+        return pb.AnovaLine(formula=m["formula"], npar=m["npar"], **nums)
+
+    return pb.LikelihoodRatioTest(
+        small=line(d["small"]), big=line(d["big"]), chisq=_num(d["chisq"]), df=d["df"],
+        p_value=_num(d["p"]), result_json=result_json,
+    )  # fmt: skip
+
+
+def _disclosure(d: dict[str, Any]) -> pb.Disclosure:
+    return pb.Disclosure(
+        min_group_size=d["min_group_size"],
+        max_saturation=d["max_saturation"],
+        row_outputs_allowed=d["row_outputs_allowed"],
+        ranef_withheld=[pb.WithheldLevels(**w) for w in d["ranef_withheld"]],
+        withheld=d["withheld"],
+        notes=d["notes"],
+    )
 
 
 def _diagnostics(d: dict[str, Any]) -> pb.FitDiagnostics:
@@ -211,9 +269,16 @@ def state_word(value: int) -> str | None:
 
 
 def progress(event: tuple[Any, ...]) -> pb.Progress:
-    """A worker's progress message: ("rows", stage, rows) or ("iteration", k, objective)."""
+    """A progress event: ("rows", stage, rows), ("iteration", k, objective) or
+    ("memory", estimate, budget, in_use, waiting, detail)."""
     if event[0] == "rows":
         return pb.Progress(rows_read=pb.RowsRead(stage=event[1], rows=event[2]))
+    if event[0] == "memory":
+        _, estimate, budget, in_use, waiting, detail = event
+        return pb.Progress(memory=pb.MemoryAdmission(
+            estimate_bytes=estimate, budget_bytes=budget, in_use_bytes=in_use, waiting=waiting,
+            detail=detail,
+        ))  # fmt: skip
     return pb.Progress(iteration=pb.OptimizerIteration(evaluation=event[1], objective=event[2]))
 
 

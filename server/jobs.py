@@ -6,7 +6,8 @@ Every transition is written to the store first, then published to the job's
 watchers.  A running job is cancelled by killing its worker process (a new one is
 started in its place), so cancellation and deadlines stop a fit within the
 manager's polling interval.  The queue is bounded: beyond ``max_queue`` waiting
-jobs, ``submit`` refuses with RESOURCE_EXHAUSTED.
+jobs, ``submit`` refuses with RESOURCE_EXHAUSTED.  A worker's estimate of its fit's
+memory is answered against the memory budget (``admission``).
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from typing import Any
 
 import grpc
 
+from .admission import MemoryBudget
+from .disclosure import DisclosurePolicy
 from .errors import ServiceError
 from .store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
-from .task import FitTask
+from .task import Task
 from .worker import worker_main
 
 log = logging.getLogger("sparsemm.server")
@@ -64,16 +67,20 @@ class LiveJob:
 class WorkerSlot:
     """One worker process and its pipe; restarted after a kill or a crash."""
 
-    def __init__(self, ctx: Any, index: int) -> None:
+    def __init__(self, ctx: Any, index: int, policy: DisclosurePolicy | None = None) -> None:
         self.ctx = ctx
         self.index = index
+        self.policy = policy
         self.proc: BaseProcess | None = None
         self.conn: Connection | None = None
 
     def start(self) -> None:
         parent, child = self.ctx.Pipe()
         proc = self.ctx.Process(
-            target=worker_main, args=(child,), daemon=True, name=f"sparsemm-worker-{self.index}"
+            target=worker_main,
+            args=(child, self.policy),
+            daemon=True,
+            name=f"sparsemm-worker-{self.index}",
         )
         proc.start()
         child.close()
@@ -105,16 +112,24 @@ class WorkerSlot:
 
 
 class JobManager:
-    def __init__(self, store: JobStore, workers: int = 2, max_queue: int = 64) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        workers: int = 2,
+        max_queue: int = 64,
+        memory_budget_bytes: int | None = None,
+        disclosure: DisclosurePolicy | None = None,
+    ) -> None:
         self.store = store
         self.max_queue = max_queue
+        self.memory = MemoryBudget(memory_budget_bytes)
         self._ctx = mp.get_context("spawn")
         self._cond = threading.Condition()  # guards the queue, _live and _closing
         self._queue: deque[LiveJob] = deque()
         self._live: dict[str, LiveJob] = {}
         self._busy: set[str] = set()
         self._closing = False
-        self._slots = [WorkerSlot(self._ctx, i) for i in range(workers)]
+        self._slots = [WorkerSlot(self._ctx, i, disclosure) for i in range(workers)]
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------ life cycle
@@ -176,7 +191,7 @@ class JobManager:
                 f"the job queue is full ({len(self._queue)} waiting); try again later",
             )
 
-    def submit(self, owner: str, source_name: str, task: FitTask) -> JobRecord:
+    def submit(self, owner: str, source_name: str, task: Task) -> JobRecord:
         rec = JobRecord(task.job_id, owner, QUEUED, source_name, task, time.time())
         with self._cond:
             self._admit()
@@ -303,12 +318,35 @@ class JobManager:
                 return
             if msg[0] in ("rows", "iteration"):
                 live.publish(("progress", msg))
+            elif msg[0] == "memory":
+                self._admit_memory(slot, live, msg[1], msg[2])
             elif msg[0] == "done":
                 self._finish(live, SUCCEEDED, result_json=msg[1], extras=msg[2])
                 return
             elif msg[0] == "error":
                 self._finish(live, FAILED, error=(msg[1], msg[2], msg[3]))
                 return
+
+    def _admit_memory(self, slot: WorkerSlot, live: LiveJob, nbytes: int, detail: str) -> None:
+        """Answer a worker's estimate (``admission``): go, refuse, or wait for room first;
+        nothing if the job is cancelled while it waits (the caller then kills it)."""
+        memory, job_id = self.memory, live.rec.job_id
+        refusal = memory.refusal(nbytes, detail)
+        if refusal is not None:
+            _send(slot, ("refuse", refusal))
+            return
+
+        def event(in_use: int, waiting: bool) -> None:
+            live.publish(("progress", ("memory", nbytes, memory.budget or 0, in_use, waiting,
+                                       detail)))  # fmt: skip
+
+        def on_wait(in_use: int) -> None:
+            log.info("job %s waits for memory (%d MB)", job_id, nbytes >> 20)
+            event(in_use, True)
+
+        if memory.acquire(job_id, nbytes, lambda: live.cancel_reason is not None, on_wait):
+            event(memory.in_use, False)
+            _send(slot, ("go",))
 
     def _finish(
         self,
@@ -319,6 +357,7 @@ class JobManager:
         error: tuple[str, str, str] | None = None,
     ) -> None:
         job_id = live.rec.job_id
+        self.memory.release(job_id)
         self.store.finished(job_id, state, result_json, extras, error)
         with live.cond:
             live.rec.state, live.rec.finished_unix = state, time.time()
@@ -328,11 +367,17 @@ class JobManager:
             live.cond.notify_all()
         with self._cond:
             self._live.pop(job_id, None)
-        source = live.rec.task.source
-        if source.kind == "upload":
+        spool = live.rec.task.spool
+        if spool is not None:
             with contextlib.suppress(OSError):
-                os.remove(source.value)
+                os.remove(spool)
         log.info("job %s %s", job_id, state.lower())
+
+
+def _send(slot: WorkerSlot, msg: tuple[Any, ...]) -> None:
+    if slot.conn is not None:
+        with contextlib.suppress(OSError):
+            slot.conn.send(msg)  # a dead worker is noticed by the caller's loop
 
 
 def _receive(slot: WorkerSlot) -> tuple[Any, ...] | None:

@@ -13,6 +13,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
@@ -23,11 +24,13 @@ from sparsemm.v1 import sparsemm_pb2_grpc as pb_grpc
 
 from . import convert
 from .auth import Authenticator
+from .disclosure import DisclosurePolicy
 from .errors import ServiceError, code_named, invalid, status_of
 from .jobs import JobManager
+from .outputs import OutputRefused, OutputRoot
 from .paths import DataRoots
 from .store import SUCCEEDED, JobRecord
-from .task import SourceRef
+from .task import CompareTask, FitTask, SourceRef
 
 log = logging.getLogger("sparsemm.server")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -70,12 +73,20 @@ def _job_id(value: str) -> str:
 
 class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
     def __init__(
-        self, jobs: JobManager, roots: DataRoots, auth: Authenticator, max_upload_bytes: int
+        self,
+        jobs: JobManager,
+        roots: DataRoots,
+        auth: Authenticator,
+        max_upload_bytes: int,
+        output_root: OutputRoot | None = None,
+        disclosure: DisclosurePolicy | None = None,
     ) -> None:
         self.jobs = jobs
         self.roots = roots
         self.auth = auth
         self.max_upload_bytes = max_upload_bytes
+        self.output_root = output_root
+        self.disclosure = disclosure
 
     # ------------------------------------------------------------ fits
 
@@ -102,17 +113,109 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
             header.model,
             header.outputs,
             self.jobs.store.job_dir(job_id),
+            self._written(header.outputs),
         )
         self.jobs.admit()  # before receiving what could not be queued anyway
         self._spool(requests, path, context)
         rec = self.jobs.submit(owner, f"upload:{header.name[:200] or 'table'}", task)
         yield from self._follow(rec, owner, context, pb.FitUploadResponse)
 
+    @_streaming
+    def CompareModels(
+        self, request: pb.CompareModelsRequest, context: grpc.ServicerContext
+    ) -> Iterator[Any]:
+        owner = self.auth.caller(context)
+        job_id = uuid.uuid4().hex
+        if request.job_ids:
+            task, name = self._compare_jobs(owner, job_id, request)
+        else:
+            task, name = self._compare_models(job_id, request)
+        rec = self.jobs.submit(owner, name, task)
+        yield from self._follow(rec, owner, context, pb.CompareModelsResponse)
+
     def _submit(self, owner: str, source: str, model: Any, outputs: Any) -> JobRecord:
         ref = self.roots.resolve(source)
         job_id = uuid.uuid4().hex
-        task = convert.fit_task(job_id, ref, model, outputs, self.jobs.store.job_dir(job_id))
+        out_dir = self.jobs.store.job_dir(job_id)
+        task = convert.fit_task(job_id, ref, model, outputs, out_dir, self._written(outputs))
         return self.jobs.submit(owner, source, task)
+
+    def _written(self, outputs: pb.OutputOptions) -> tuple[str, str, str]:
+        """Where the tables asked for on the server go: (ranef, fitted, output root)."""
+        asked = (("ranef_path", outputs.ranef_path), ("fitted_path", outputs.fitted_path))
+        if not any(given for _, given in asked):
+            return ("", "", "")
+        if self.output_root is None:
+            field = next(f"outputs.{name}" for name, given in asked if given)
+            message = "this server writes no tables: it was started without --output-root"
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message, field)
+        try:
+            ranef, fitted = (
+                self.output_root.target(given, f"outputs.{name}") if given else ""
+                for name, given in asked
+            )
+        except OutputRefused as exc:
+            raise ServiceError(code_named(exc.code), exc.message, exc.field) from None
+        if ranef and ranef == fitted:
+            raise invalid("ranef_path and fitted_path name the same file", "outputs.fitted_path")
+        return ranef, fitted, self.output_root.path
+
+    def _compare_models(
+        self, job_id: str, request: pb.CompareModelsRequest
+    ) -> tuple[CompareTask, str]:
+        if len(request.models) != 2:
+            raise invalid("give two models (or two job_ids) to compare", "models")
+        ref = self.roots.resolve(request.source)
+        out_dir = self.jobs.store.job_dir(job_id)
+        fits = []
+        for i, model in enumerate(request.models):
+            try:
+                fit = convert.fit_task(job_id, ref, model, pb.OutputOptions(), out_dir)
+            except ServiceError as err:  # name the model at fault
+                err.field = err.field.replace("model.", f"models[{i}].", 1)
+                raise
+            fits.append(convert.for_comparison(fit, f"models[{i}].family"))
+        task = CompareTask(job_id, (fits[0], fits[1]), source_names=(request.source,) * 2)
+        return task, request.source
+
+    def _compare_jobs(
+        self, owner: str, job_id: str, request: pb.CompareModelsRequest
+    ) -> tuple[CompareTask, str]:
+        """Two finished fits: an ML fit's result as kept, a REML fit refitted by ML."""
+        if len(request.job_ids) != 2 or request.source or request.models:
+            raise invalid("give two job_ids, or a source and two models", "job_ids")
+        fits, kept, names = [], [], []
+        for given in request.job_ids:
+            rec = self.jobs.get(_job_id(given), owner)
+            fit, result_json = self._kept_or_refit(rec)
+            fits.append(fit)
+            kept.append(result_json)
+            names.append(rec.source_name)
+        name = names[0] if names[0] == names[1] else " and ".join(names)
+        task = CompareTask(job_id, (fits[0], fits[1]), (kept[0], kept[1]), (names[0], names[1]))
+        return task, name
+
+    def _kept_or_refit(self, rec: JobRecord) -> tuple[FitTask, str]:
+        """A finished fit job's model by ML, and its kept result if it was an ML fit
+        ("" when it must be refitted: on its source, resolved afresh)."""
+        if not isinstance(rec.task, FitTask) or rec.state != SUCCEEDED or not rec.result_json:
+            what = "not a fit" if not isinstance(rec.task, FitTask) else rec.state.lower()
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"job '{rec.job_id}' is {what}: compare fits that succeeded",
+                "job_ids",
+            )
+        task = convert.for_comparison(rec.task, "job_ids")
+        if not rec.task.reml:
+            return task, rec.result_json
+        if task.source.kind == "upload":
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"job '{rec.job_id}' is a REML fit to uploaded data, which the server no "
+                "longer holds: fit it by ML (method METHOD_ML) to compare it",
+                "job_ids",
+            )
+        return replace(task, source=self.roots.resolve(rec.source_name)), ""
 
     def _spool(
         self, requests: Iterator[pb.FitUploadRequest], path: str, context: grpc.ServicerContext
@@ -147,7 +250,8 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
     def _follow(
         self, rec: JobRecord, owner: str, context: grpc.ServicerContext, response: Any
     ) -> Iterator[Any]:
-        """Stream a job this call started; the job ends with the call."""
+        """Stream a job this call started (``response``: the RPC's response message type,
+        with fields job, progress and result); the job ends with the call."""
         reason = "the call ended before the fit finished (cancelled, or its deadline passed)"
 
         def cancel() -> None:  # runs on a gRPC thread: must not block
@@ -168,7 +272,7 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
                     payload.error_message or "the job failed",
                     payload.error_field or "",
                 )
-            yield response(result=convert.fit_result(payload.result_json, payload.extras))
+            yield response(result=self._result(payload))
 
     # ------------------------------------------------------------ jobs
 
@@ -183,7 +287,8 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
         rec = self.jobs.get(_job_id(request.job_id), self.auth.caller(context))
         out = pb.GetJobResponse(job=convert.job(rec))
         if rec.state == SUCCEEDED and rec.result_json:
-            out.result.CopyFrom(convert.fit_result(rec.result_json, rec.extras))
+            field = "comparison" if isinstance(rec.task, CompareTask) else "result"
+            getattr(out, field).CopyFrom(self._result(rec))
         return out
 
     @_streaming
@@ -195,8 +300,8 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
                 continue
             yield pb.WatchJobResponse(job=convert.job(payload))
             if kind == "final" and payload.state == SUCCEEDED and payload.result_json:
-                result = convert.fit_result(payload.result_json, payload.extras)
-                yield pb.WatchJobResponse(result=result)
+                field = "comparison" if isinstance(payload.task, CompareTask) else "result"
+                yield pb.WatchJobResponse(**{field: self._result(payload)})
 
     @_unary
     def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext) -> Any:
@@ -226,6 +331,17 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
             jobs=[convert.job(r) for r in recs[:size]], next_page_token=token
         )
 
+    def _result(self, rec: JobRecord) -> Any:
+        """A finished job's result message: a FitResult, or a comparison's test.  Row-level
+        figures of jobs run before disclosure control was on are not returned."""
+        assert rec.result_json is not None
+        if isinstance(rec.task, CompareTask):
+            return convert.comparison(rec.result_json)
+        extras = rec.extras
+        if self.disclosure is not None and not self.disclosure.allow_row_outputs:
+            extras = {k: v for k, v in extras.items() if k != "residual_quantiles"}
+        return convert.fit_result(rec.result_json, extras)
+
     # ------------------------------------------------------------ big tables
 
     @_streaming
@@ -244,6 +360,7 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
         self, job_id: str, context: grpc.ServicerContext, key: str, option: str
     ) -> Iterator[pb.ArrowBatch]:
         rec = self.jobs.get(_job_id(job_id), self.auth.caller(context))
+        self._disclosed(rec, key)
         if rec.state != SUCCEEDED:
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -251,6 +368,13 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
                 "job_id",
             )
         path = rec.extras.get(key)
+        written = rec.extras.get(key.replace("_path", "_written"))
+        if written:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"job '{job_id}' wrote this table on the server, to {written}",
+                option,
+            )
         if not path or not os.path.exists(path):
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -258,3 +382,17 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
                 option,
             )
         yield from convert.arrow_batches(path)
+
+    def _disclosed(self, rec: JobRecord, key: str) -> None:
+        """Refuse a table the disclosure policy withholds: row-level tables unless allowed,
+        and tables kept by a job that ran before the policy (not filtered by it)."""
+        policy = self.disclosure
+        if policy is None:
+            return
+        filtered = rec.result_json is not None and '"disclosure"' in rec.result_json
+        if (key == "fitted_path" and not policy.allow_row_outputs) or not filtered:
+            raise ServiceError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "withheld by the server's disclosure control",
+                "job_id",
+            )

@@ -20,7 +20,7 @@ from typing import Any
 
 import duckdb
 
-from .task import FitTask
+from .task import Task, task_from_json
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "QUEUED",
@@ -60,7 +60,7 @@ class JobRecord:
     owner: str
     state: str
     source_name: str
-    task: FitTask
+    task: Task
     created_unix: float
     started_unix: float | None = None
     finished_unix: float | None = None
@@ -75,7 +75,7 @@ class JobRecord:
         job_id, owner, state, source_name, task_json, *times_and_errors, result, extras = row
         created, started, finished, code, message, fld = times_and_errors
         return JobRecord(
-            job_id, owner, state, source_name, FitTask.from_json(task_json), created, started,
+            job_id, owner, state, source_name, task_from_json(task_json), created, started,
             finished, code, message, fld, result, json.loads(extras) if extras else {},
         )  # fmt: skip
 

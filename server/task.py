@@ -1,14 +1,15 @@
 """What a worker process is asked to do: plain, picklable data (no grpc, no protobuf).
 
-The servicer turns a request into a ``FitTask`` (``convert``), the job manager hands it
-to a worker process (``worker``), and the store keeps it as JSON so that a queued job
-can run again after a restart.
+The servicer turns a request into a ``FitTask`` or a ``CompareTask`` (``convert``), the
+job manager hands it to a worker process (``worker``), and the store keeps it as JSON
+(``task_from_json``) so that a queued job can run again after a restart.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,59 @@ class FitTask:
     fitted: bool = False
     residual_quantiles: bool = False
     out_dir: str = ""  # where the worker writes ranef.parquet and fitted.parquet
+    ranef_out: str = ""  # or where it writes the conditional modes, under output_root
+    fitted_out: str = ""  # and the fitted values (``outputs``)
+    output_root: str = ""
+
+    kind = "fit"
+
+    @property
+    def spool(self) -> str | None:
+        """The server's copy of uploaded data, removed when the job ends."""
+        return self.source.value if self.source.kind == "upload" else None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     @staticmethod
     def from_json(text: str) -> FitTask:
-        d = json.loads(text)
+        return FitTask.from_dict(json.loads(text))
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> FitTask:
+        d = {k: v for k, v in d.items() if k != "kind"}
         src = d.pop("source")
         src["roots"] = tuple(src.get("roots", ()))
         return FitTask(source=SourceRef(**src), **d)
+
+
+@dataclass(frozen=True)
+class CompareTask:
+    """A likelihood-ratio test of two LMMs (``solver.inference``).
+
+    ``stored[i]`` is the result JSON of an ML fit kept by a finished job, used as it is;
+    "" means: fit ``fits[i]`` (always by ML) first.
+    """
+
+    job_id: str
+    fits: tuple[FitTask, FitTask]
+    stored: tuple[str, str] = ("", "")
+    source_names: tuple[str, str] = ("", "")  # as the client named the data
+
+    kind = "compare"
+    spool = None
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, **asdict(self)})
+
+
+Task = FitTask | CompareTask
+
+
+def task_from_json(text: str) -> Task:
+    d = json.loads(text)
+    if d.get("kind") != "compare":
+        return FitTask.from_dict(d)
+    a, b = (FitTask.from_dict(f) for f in d["fits"])
+    (s0, s1), (n0, n1) = d["stored"], d["source_names"]
+    return CompareTask(d["job_id"], (a, b), (s0, s1), (n0, n1))

@@ -4,12 +4,16 @@ LRT (lme4's anova):  REML fits are refitted by ML (the REML criteria of models w
 different fixed effects are not comparable), then
     chisq = deviance_small - deviance_big,   df = npar_big - npar_small,
     p = P(chi^2_df > chisq),   npar = p + len(theta) + 1 (sigma)
+``compare`` is the test itself, on two ML fits' lines (``stored_line`` reads one from
+a result kept as JSON, as the service keeps finished jobs).
 Wald interval of a fixed effect:  beta_j -/+ z_{(1+level)/2} SE_j
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from scipy import stats
 
@@ -38,6 +42,10 @@ class LikelihoodRatio:
     df: int
     p: float
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``sparsemm anova --format json``."""
+        return asdict(self)
+
 
 def _ml(fit: LMMFit) -> FitResult:
     if fit.result.method == "ML":
@@ -45,19 +53,33 @@ def _ml(fit: LMMFit) -> FitResult:
     return LinearMixedModel(fit.model.data, reml=False).fit().result
 
 
-def _line(res: FitResult) -> ModelFit:
-    npar = len(res.fixed_effects) + len(res.theta) + 1
+def _npar(n_fixed: int, n_theta: int) -> int:
+    return n_fixed + n_theta + 1  # + sigma
+
+
+def model_line(res: FitResult) -> ModelFit:
+    """A fit's line of the anova table (an ML fit's, for a test)."""
+    npar = _npar(len(res.fixed_effects), len(res.theta))
     return ModelFit(res.formula, npar, res.aic, res.bic, res.loglik, res.deviance)
 
 
-def likelihood_ratio(small: LMMFit, big: LMMFit) -> LikelihoodRatio:
-    """Compare two nested LMMs fitted to the same rows, as lme4's ``anova(small, big)``."""
-    a, b = _line(_ml(small)), _line(_ml(big))
-    if small.result.nobs != big.result.nobs:
+def stored_line(result: Mapping[str, Any]) -> ModelFit:
+    """The anova line of an ML fit of an LMM kept as the JSON contract (DESIGN.md §5),
+    e.g. a finished job's result: no refit needed."""
+    if result.get("method") != "ML" or result.get("family") != "gaussian":
+        raise InputError("only ML fits of linear mixed models can be compared as kept", "models")
+    npar = _npar(len(result["fixed_effects"]), len(result["theta"]))
+    aic, bic, loglik, deviance = (float(result[k]) for k in ("aic", "bic", "loglik", "deviance"))
+    return ModelFit(result["formula"], npar, aic, bic, loglik, deviance)
+
+
+def compare(a: ModelFit, b: ModelFit, nobs: tuple[int, int]) -> LikelihoodRatio:
+    """The test of two ML fits' lines (``nobs``: their numbers of observations)."""
+    if nobs[0] != nobs[1]:
         raise InputError(
-            f"models were fitted to different rows ({small.result.nobs} and "
-            f"{big.result.nobs} observations)", "models",
-        )  # fmt: skip
+            f"models were fitted to different rows ({nobs[0]} and {nobs[1]} observations)",
+            "models",
+        )
     if a.npar > b.npar:
         a, b = b, a
     if a.npar == b.npar:
@@ -65,6 +87,12 @@ def likelihood_ratio(small: LMMFit, big: LMMFit) -> LikelihoodRatio:
     chisq = max(a.deviance - b.deviance, 0.0)
     df = b.npar - a.npar
     return LikelihoodRatio(a, b, chisq, df, float(stats.chi2.sf(chisq, df)))
+
+
+def likelihood_ratio(small: LMMFit, big: LMMFit) -> LikelihoodRatio:
+    """Compare two nested LMMs fitted to the same rows, as lme4's ``anova(small, big)``."""
+    nobs = (small.result.nobs, big.result.nobs)
+    return compare(model_line(_ml(small)), model_line(_ml(big)), nobs)
 
 
 def wald_intervals(result: FitResult, level: float = 0.95) -> dict[str, tuple[float, float]]:

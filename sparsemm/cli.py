@@ -1,4 +1,5 @@
-"""The ``sparsemm`` command: ``sparsemm fit ...`` and ``sparsemm serve ...`` (DESIGN.md §5).
+"""The ``sparsemm`` command: ``sparsemm fit ...`` (DESIGN.md §5); ``cli_service`` adds
+``sparsemm serve`` and ``sparsemm anova``.
 
 ``fit --server HOST:PORT`` fits through the thin client (``sparsemm_client``) and prints
 the same text or JSON as an in-process fit.  Exit status 0 on success, 2 on bad input
@@ -59,47 +60,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--quiet", action="store_true", help="no progress bars")
     cli_inference.add_arguments(sub, f)
-    _serve_parser(sub)
     cli_profile.add_commands(sub)
+    from sparsemm import cli_service  # here: it imports this module's helpers
+
+    cli_service.register(sub)
     return p
-
-
-def _serve_parser(sub: Any) -> None:
-    s = sub.add_parser("serve", help="run the gRPC service")
-    s.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT to listen on")
-    s.add_argument(
-        "--data-root",
-        action="append",
-        required=True,
-        dest="data_roots",
-        metavar="DIR",
-        help="a directory remote fits may read (repeatable)",
-    )
-    s.add_argument(
-        "--state",
-        default="sparsemm-state.duckdb",
-        help="DuckDB file keeping jobs and results across restarts",
-    )
-    s.add_argument("--token-file", default=None, help="bearer tokens, one 'NAME TOKEN' a line")
-    s.add_argument("--tls-cert", default=None, help="server certificate (PEM)")
-    s.add_argument("--tls-key", default=None, help="server private key (PEM)")
-    s.add_argument(
-        "--tls-client-ca",
-        default=None,
-        help="require client certificates signed by this CA (mutual TLS)",
-    )
-    s.add_argument("--workers", type=int, default=2, help="fits running at once")
-    s.add_argument("--max-queue", type=int, default=64, help="jobs waiting before refusal")
-    s.add_argument("--grace", type=float, default=10.0, help="seconds to finish on shutdown")
-    s.add_argument("--max-upload-mb", type=int, default=4096, help="largest upload accepted")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "serve":
-        return _serve(args)
     if args.command in cli_profile.COMMANDS:
         return cli_profile.main(args)
+    if hasattr(args, "handler"):  # commands registered by other modules
+        return int(args.handler(args))
     try:
         if args.command == "predict":
             return cli_inference.predict_command(args)
@@ -109,22 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except OSError as exc:  # an output path that cannot be written
         print(f"sparsemm: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
-        return 2
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from sparsemm.server import ConfigError, ServerConfig, serve
-
-    config = ServerConfig(
-        listen=args.listen, data_roots=tuple(args.data_roots), state=args.state,
-        token_file=args.token_file, tls_cert=args.tls_cert, tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca, workers=args.workers, max_queue=args.max_queue,
-        grace_s=args.grace, max_upload_bytes=args.max_upload_mb << 20,
-    )  # fmt: skip
-    try:
-        return serve(config)
-    except ConfigError as exc:
-        print(f"sparsemm: error: {exc}", file=sys.stderr)
         return 2
 
 
@@ -158,13 +115,23 @@ def _fit_remote(args: argparse.Namespace) -> int:
             if args.fitted:
                 pq.write_table(fit.fitted(), args.fitted)
     except SparsemmError as exc:
-        print(f"sparsemm: error: {exc.message}", file=sys.stderr)
-        return 2 if exc.bad_input else 1
+        return remote_error(exc, args.server)
     if args.format == "json":
         print(fit.to_json())
     else:
         sys.stdout.write(fit.summary(args.data))
     return 0
+
+
+def remote_error(exc: Any, server: str) -> int:
+    """One line on stderr for a ``SparsemmError``; the exit status: 2 for bad input, else 1."""
+    import grpc
+
+    message = exc.message.splitlines()[0] if exc.message else str(exc.code)
+    if exc.code == grpc.StatusCode.UNAVAILABLE:
+        message = f"cannot reach the sparsemm server at {server}: {message}"
+    print(f"sparsemm: error: {message}", file=sys.stderr)
+    return 2 if exc.bad_input else 1
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -241,7 +208,7 @@ class _Progress:
         """A progress event from a server (``sparsemm_client.Progress``)."""
         if progress.kind == "rows":
             self.rows(progress.stage, progress.rows)
-        else:
+        elif progress.kind == "iteration":
             self.iteration(progress.evaluation, progress.objective)
 
     def iteration(self, k: int, value: float) -> None:

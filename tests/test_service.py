@@ -8,13 +8,10 @@ and a temporary DuckDB state.  The thin client (``sparsemm_client``) and the CLI
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +22,6 @@ from typing import Any
 import duckdb
 import grpc
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -36,22 +32,22 @@ from sparsemm.server.store import JobStore
 from sparsemm.v1 import sparsemm_pb2 as pb
 from sparsemm.v1 import sparsemm_pb2_grpc as pb_grpc
 from sparsemm_client import Client, SparsemmError
-
-DATA = Path(__file__).parent / "data"
-FORMULA = "Reaction ~ Days + (Days | Subject)"
-SLOW_FORMULA = "y ~ x + (1 + x | a) + (1 | b) + (1 | c)"  # ~20 s: crossed factors, 3000 levels
-TOKEN, BOB_TOKEN = "s3cret-alice", "s3cret-bob"
-CODE = grpc.StatusCode
-
-
-def _slow_table(n: int = 30_000, seed: int = 1) -> pa.Table:
-    rng = np.random.default_rng(seed)
-    a, b, c = rng.integers(0, 1500, n), rng.integers(0, 1500, n), rng.integers(0, 100, n)
-    x = rng.normal(size=n)
-    y = (1 + x + rng.normal(size=1500)[a] + rng.normal(size=1500)[b]
-         + 0.5 * rng.normal(size=100)[c] + rng.normal(size=n))  # fmt: skip
-    return pa.table({"y": y, "x": x, "a": [f"a{i}" for i in a], "b": [f"b{i}" for i in b],
-                     "c": c.astype(np.int64)})  # fmt: skip
+from tests.service_helpers import (
+    BOB_TOKEN,
+    CODE,
+    DATA,
+    FORMULA,
+    SLOW_FORMULA,
+    TOKEN,
+    close,
+    config,
+    contract,
+    finite,
+    free_port,
+    slow_table,
+    wait_for,
+    write_token_file,
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +59,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     outside.mkdir()
     shutil.copy(DATA / "sleepstudy.parquet", root / "sleepstudy.parquet")
     shutil.copy(DATA / "cbpp.parquet", root / "cbpp.parquet")
-    pq.write_table(_slow_table(), root / "slow.parquet")
+    pq.write_table(slow_table(), root / "slow.parquet")
     (root / "notes.txt").write_text("not data\n")
     shutil.copy(DATA / "sleepstudy.parquet", outside / "secret.parquet")
     con = duckdb.connect(str(outside / "secret.duckdb"))
@@ -80,21 +76,13 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tokens") / "tokens"
-    digest = hashlib.sha256(BOB_TOKEN.encode()).hexdigest()
-    path.write_text(f"# name token\nalice {TOKEN}\nbob sha256:{digest}\n")
-    return path
-
-
-def _config(root: Path, state: Path, token_file: Path | None, **kw: Any) -> ServerConfig:
-    return ServerConfig(listen="127.0.0.1:0", data_roots=(str(root),), state=str(state),
-                        token_file=str(token_file) if token_file else None, **kw)  # fmt: skip
+    return write_token_file(tmp_path_factory.mktemp("tokens") / "tokens")
 
 
 @pytest.fixture(scope="module")
 def server(root: Path, token_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     state = tmp_path_factory.mktemp("state") / "state.duckdb"
-    srv = SparseMMServer(_config(root, state, token_file, workers=2))
+    srv = SparseMMServer(config(root, state, token_file, workers=2))
     port = srv.start()
     yield f"127.0.0.1:{port}"
     srv.stop(grace=1.0)
@@ -106,30 +94,6 @@ def client(server: str) -> Iterator[Client]:
         yield c
 
 
-def _close(a: Any, b: Any, path: str = "") -> None:
-    """Equal strings and structure; numbers within 1e-10 (relative to their size)."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _close(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) and isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-10, abs_tol=1e-10), (path, a, b)
-    else:
-        assert a == b, (path, a, b)
-
-
-def _contract(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if k not in ("timings",)}
-
-
-def _finite(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, allow_nan=True).replace("NaN", "null"))
-
-
 # ------------------------------------------------------------------ results
 
 
@@ -137,11 +101,11 @@ def test_remote_fit_equals_in_process(client: Client, root: Path) -> None:
     local = solver.fit(FORMULA, str(root / "sleepstudy.parquet"))
     events: list[Any] = []
     remote = client.fit(FORMULA, "sleepstudy.parquet", progress=events.append)
-    _close(_contract(_finite(local.result.to_dict())), _contract(remote.to_dict()))
+    close(contract(finite(local.result.to_dict())), contract(remote.to_dict()))
     assert remote.fixef == pytest.approx(
         {fe.term: fe.estimate for fe in local.result.fixed_effects}, rel=1e-10
     )
-    assert {e.kind for e in events} == {"rows", "iteration"}
+    assert {e.kind for e in events} == {"rows", "memory", "iteration"}
     assert list(remote.message.theta) == pytest.approx(local.result.theta, rel=1e-10)
     assert remote.message.reml_criterion == pytest.approx(local.result.reml_criterion, rel=1e-10)
     assert remote.varcorr[-1]["group"] == "Residual"
@@ -174,7 +138,7 @@ def test_cli_prints_the_same_in_process_and_remote(
             outputs.setdefault(where, []).append(capsys.readouterr().out)
     assert outputs["local"][0] == outputs["remote"][0]  # the text summary, to the character
     local_json, remote_json = (json.loads(outputs[w][1]) for w in ("local", "remote"))
-    _close(_contract(local_json), _contract(remote_json))
+    close(contract(local_json), contract(remote_json))
     assert set(remote_json["timings"]) == {"read_s", "fit_s", "total_s"}
 
 
@@ -203,8 +167,8 @@ def test_upload_equals_server_side(client: Client, server: str, root: Path) -> N
         assert uploaded.ranef().equals(server_side.ranef())
     from_pandas = client.fit(FORMULA, table.to_pandas(), ml=True)
     relation = duckdb.sql(f"SELECT * FROM read_parquet('{root / 'sleepstudy.parquet'}')")
-    _close(_contract(client.fit(FORMULA, relation).to_dict()), _contract(uploaded.to_dict()))
-    _close(_contract(server_side.to_dict()), _contract(uploaded.to_dict()))
+    close(contract(client.fit(FORMULA, relation).to_dict()), contract(uploaded.to_dict()))
+    close(contract(server_side.to_dict()), contract(uploaded.to_dict()))
     assert from_pandas.to_dict()["method"] == "ML"
     assert client.job(uploaded.job_id).source == "upload:sleepstudy"
 
@@ -287,7 +251,7 @@ def _certificates(d: Path) -> dict[str, Path]:
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_mutual_tls_requires_a_client_certificate(root: Path, tmp_path: Path) -> None:
     c = _certificates(tmp_path)
-    cfg = _config(root, tmp_path / "s.duckdb", None, workers=1, tls_cert=str(c["server.pem"]),
+    cfg = config(root, tmp_path / "s.duckdb", None, workers=1, tls_cert=str(c["server.pem"]),
                   tls_key=str(c["server.key"]), tls_client_ca=str(c["ca.pem"]))  # fmt: skip
     srv = SparseMMServer(cfg)
     target = f"localhost:{srv.start()}"
@@ -417,13 +381,6 @@ def test_a_hundred_malformed_requests_each_get_a_precise_error(client: Client, s
 # ------------------------------------------------------------------ jobs
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.02)
-
-
 def test_jobs_api(client: Client) -> None:
     job = client.submit(FORMULA, "sleepstudy.parquet", fitted=True)
     assert job.state in ("QUEUED", "RUNNING")
@@ -437,7 +394,7 @@ def test_jobs_api(client: Client) -> None:
 
 def test_cancel_stops_a_long_fit_within_a_second(client: Client) -> None:
     job = client.submit(SLOW_FORMULA, "slow.parquet")
-    _wait_for(lambda: client.job(job.job_id).state == "RUNNING")
+    wait_for(lambda: client.job(job.job_id).state == "RUNNING")
     time.sleep(0.5)  # into the optimizer
     started = time.monotonic()
     cancelled = client.cancel(job.job_id)
@@ -452,19 +409,19 @@ def test_deadline_cancels_the_fit(client: Client) -> None:
         client.fit(SLOW_FORMULA, "slow.parquet", timeout=1.0)
     assert err.value.code == CODE.DEADLINE_EXCEEDED
     deadline = time.monotonic()
-    _wait_for(lambda: client.jobs()[0].state == "CANCELLED", timeout=1.0)
+    wait_for(lambda: client.jobs()[0].state == "CANCELLED", timeout=1.0)
     assert time.monotonic() - deadline < 1.0
     assert "deadline" in (client.jobs()[0].error.message or "")  # type: ignore[union-attr]
 
 
 def test_jobs_survive_a_restart(root: Path, token_file: Path, tmp_path: Path) -> None:
-    cfg = _config(root, tmp_path / "state.duckdb", token_file, workers=1)
+    cfg = config(root, tmp_path / "state.duckdb", token_file, workers=1)
     srv = SparseMMServer(cfg)
     port = srv.start()
     with Client(f"127.0.0.1:{port}", token=TOKEN) as c:
         done = c.fit(FORMULA, "sleepstudy.parquet")
         running = c.submit(SLOW_FORMULA, "slow.parquet")
-        _wait_for(lambda: c.job(running.job_id).state == "RUNNING")
+        wait_for(lambda: c.job(running.job_id).state == "RUNNING")
         queued = c.submit(FORMULA, "sleepstudy.parquet", ml=True)
     srv.stop(grace=0.2)
 
@@ -517,20 +474,16 @@ def test_a_full_queue_refuses_with_resource_exhausted(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ the command
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_sparsemm_serve_command(
     root: Path, token_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    port = _free_port()
-    cmd = [sys.executable, "-m", "sparsemm", "serve", "--listen", f"127.0.0.1:{port}",
-           "--data-root", str(root), "--state", str(tmp_path / "state.duckdb"),
-           "--token-file", str(token_file), "--workers", "1", "--grace", "2"]  # fmt: skip
+    port = free_port()
+    conf = tmp_path / "sparsemm.toml"  # relative paths in it: to its directory
+    conf.write_text(f'data-root = ["{os.path.relpath(root, tmp_path)}"]\nstate = "state.duckdb"\n'
+                    f'token-file = "{token_file}"\nworkers = 3\ngrace = 2\n')  # fmt: skip
+    cmd = [sys.executable, "-m", "sparsemm", "serve", "--config", str(conf),
+           "--listen", f"127.0.0.1:{port}", "--workers", "1"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -539,8 +492,14 @@ def test_sparsemm_serve_command(
         code = main(["fit", "--quiet", "--server", f"127.0.0.1:{port}", "--data",
                      "sleepstudy.parquet", "--formula", FORMULA, "--format", "json"])  # fmt: skip
         assert code == 0 and json.loads(capsys.readouterr().out)["nobs"] == 180
+        assert (tmp_path / "state.duckdb").exists()
+        with Client(f"127.0.0.1:{port}", token=TOKEN) as c:  # SIGTERM gives it the grace: 2 s
+            slow = c.submit(SLOW_FORMULA, "slow.parquet")
+            wait_for(lambda: c.job(slow.job_id).state == "RUNNING", timeout=20)
+        started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+        assert 2.0 <= time.monotonic() - started < 8.0
     finally:
         if proc.poll() is None:
             proc.kill()

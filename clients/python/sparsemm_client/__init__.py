@@ -10,18 +10,21 @@ Errors from the server are raised as ``SparsemmError`` (``code``, ``message``,
 ``field``).
 """
 
+from .anova import format_anova
 from .client import Client, ipc_chunks, model_spec
 from .errors import SparsemmError
-from .result import FitResult, Job, JobError, Progress
+from .result import Anova, FitResult, Job, JobError, Progress
 from .summary import format_summary
 
 __all__ = [
+    "Anova",
     "Client",
     "FitResult",
     "Job",
     "JobError",
     "Progress",
     "SparsemmError",
+    "format_anova",
     "format_summary",
     "ipc_chunks",
     "model_spec",

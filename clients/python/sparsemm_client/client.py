@@ -14,7 +14,7 @@ upload travels as one Arrow IPC stream cut into messages of ``chunk_bytes``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pyarrow as pa
@@ -23,9 +23,10 @@ from sparsemm.v1 import sparsemm_pb2 as pb
 from sparsemm.v1 import sparsemm_pb2_grpc as pb_grpc
 
 from .errors import SparsemmError
-from .result import FitResult, Job, Progress
+from .result import Anova, FitResult, Job, Progress
 
 ProgressCallback = Callable[[Progress], None]
+R = TypeVar("R")
 UPLOAD_BATCH_ROWS = 65_536
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
@@ -65,6 +66,19 @@ def model_spec(
         weights=weights or "",
         ordering=_enum(pb.Ordering, "ORDERING_", ordering, "model.ordering"),
     )
+
+
+def output_options(
+    ranef: bool,
+    fitted: bool,
+    residual_quantiles: bool,
+    ranef_path: str | None = None,
+    fitted_path: str | None = None,
+) -> pb.OutputOptions:
+    return pb.OutputOptions(
+        ranef=ranef, fitted=fitted, residual_quantiles=residual_quantiles,
+        ranef_path=ranef_path or "", fitted_path=fitted_path or "",
+    )  # fmt: skip
 
 
 class Client:
@@ -127,20 +141,52 @@ class Client:
         progress: ProgressCallback | None = None,
         timeout: float | None = None,
         name: str | None = None,
+        ranef_path: str | None = None,
+        fitted_path: str | None = None,
     ) -> FitResult:
-        """Fit on the server and wait for the result (cancelled if this call is)."""
+        """Fit on the server and wait for the result (cancelled if this call is).
+
+        ``ranef_path``/``fitted_path``: write that table to this Parquet path on the
+        server (under its ``--output-root``) instead of keeping it for ``ranef()`` /
+        ``fitted()``; ``result.written`` says where it went.
+        """
         model = model_spec(formula, ml, weights, family, link, ordering)
-        outputs = pb.OutputOptions(
-            ranef=ranef, fitted=fitted, residual_quantiles=residual_quantiles
-        )
+        outputs = output_options(ranef, fitted, residual_quantiles, ranef_path, fitted_path)
         if isinstance(data, str):
             request = pb.FitRequest(source=data, model=model, outputs=outputs)
             call = self._stub.Fit(request, timeout=timeout, metadata=self._metadata)
-            return self._follow(call, progress, data)
-        header = pb.UploadHeader(model=model, outputs=outputs, name=name or "table")
+            return self._follow(call, progress, lambda m, j, _: FitResult(m, j, self, data))
+        data_name = name or "table"
+        header = pb.UploadHeader(model=model, outputs=outputs, name=data_name)
         requests = self._upload(header, _reader(data))
         call = self._stub.FitUpload(requests, timeout=timeout, metadata=self._metadata)
-        return self._follow(call, progress, name or "table")
+        return self._follow(call, progress, lambda m, j, _: FitResult(m, j, self, data_name))
+
+    def anova(
+        self,
+        *models: FitResult | str,
+        data: str | None = None,
+        weights: str | None = None,
+        ordering: str = "auto",
+        progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+    ) -> Anova:
+        """lme4's ``anova(m0, m1)``: a likelihood-ratio test of two nested LMMs.
+
+        Without ``data``, ``models`` are two finished fits (``FitResult`` or job ids; an
+        ML fit is used as kept, a REML fit refitted by ML on the server).  With ``data``
+        (a server-side source), they are two formulas, fitted to it by ML.
+        """
+        if len(models) != 2:
+            raise TypeError("anova() compares two models")
+        if data is None:
+            ids = [m.job_id if isinstance(m, FitResult) else m for m in models]
+            request = pb.CompareModelsRequest(job_ids=ids)
+        else:
+            specs = [model_spec(str(f), True, weights, ordering=ordering) for f in models]
+            request = pb.CompareModelsRequest(source=data, models=specs)
+        call = self._stub.CompareModels(request, timeout=timeout, metadata=self._metadata)
+        return self._follow(call, progress, Anova)
 
     def _upload(
         self, header: pb.UploadHeader, reader: pa.RecordBatchReader
@@ -149,17 +195,20 @@ class Client:
         for chunk in ipc_chunks(reader, self.chunk_bytes):
             yield pb.FitUploadRequest(arrow_ipc_chunk=chunk)
 
-    def _follow(self, call: Any, progress: ProgressCallback | None, data_name: str) -> FitResult:
-        job_id = ""
+    def _follow(
+        self, call: Any, progress: ProgressCallback | None, make: Callable[[Any, str, str], R]
+    ) -> R:
+        """Follow a job's stream to its result, made by ``make(result, job_id, source)``."""
+        job_id = source = ""
         try:
             for response in call:
                 kind = response.WhichOneof("event")
                 if kind == "job":
-                    job_id = response.job.job_id
+                    job_id, source = response.job.job_id, response.job.source
                 elif kind == "progress" and progress is not None:
                     progress(Progress.from_proto(response.progress))
                 elif kind == "result":
-                    return FitResult(response.result, job_id, self, data_name)
+                    return make(response.result, job_id, source)
         except grpc.RpcError as err:
             raise SparsemmError.from_rpc(err) from None
         except BaseException:
@@ -182,23 +231,26 @@ class Client:
         ranef: bool = True,
         fitted: bool = False,
         residual_quantiles: bool = True,
+        ranef_path: str | None = None,
+        fitted_path: str | None = None,
     ) -> Job:
         """Start a fit on a server-side source as a job that outlives this call."""
         request = pb.SubmitJobRequest(
             source=source,
             model=model_spec(formula, ml, weights, family, link, ordering),
-            outputs=pb.OutputOptions(
-                ranef=ranef, fitted=fitted, residual_quantiles=residual_quantiles
-            ),
+            outputs=output_options(ranef, fitted, residual_quantiles, ranef_path, fitted_path),
         )
         return Job.from_proto(self._unary(self._stub.SubmitJob, request).job)
 
     def job(self, job_id: str) -> Job:
         return Job.from_proto(self._unary(self._stub.GetJob, pb.GetJobRequest(job_id=job_id)).job)
 
-    def result(self, job_id: str) -> FitResult:
-        """The result of a job that succeeded (FAILED_PRECONDITION-like error otherwise)."""
+    def result(self, job_id: str) -> FitResult | Anova:
+        """The result of a job that succeeded: a fit's, or a comparison's test
+        (FAILED_PRECONDITION-like error otherwise)."""
         response = self._unary(self._stub.GetJob, pb.GetJobRequest(job_id=job_id))
+        if response.HasField("comparison"):
+            return Anova(response.comparison, job_id, response.job.source)
         if not response.HasField("result"):
             job = Job.from_proto(response.job)
             raise _job_error(job)
@@ -206,7 +258,7 @@ class Client:
 
     def wait(
         self, job_id: str, progress: ProgressCallback | None = None, timeout: float | None = None
-    ) -> FitResult:
+    ) -> FitResult | Anova:
         """Watch a job to its end; its result, or its error raised."""
         job = None
         try:
@@ -221,6 +273,8 @@ class Client:
                     progress(Progress.from_proto(response.progress))
                 elif kind == "result":
                     return FitResult(response.result, job_id, self, job.source if job else "")
+                elif kind == "comparison":
+                    return Anova(response.comparison, job_id, job.source if job else "")
         except grpc.RpcError as err:
             raise SparsemmError.from_rpc(err) from None
         if job is None:

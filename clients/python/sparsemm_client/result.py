@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from sparsemm.v1 import sparsemm_pb2 as pb
 
+from .anova import format_anova
 from .summary import format_summary
 
 if TYPE_CHECKING:
@@ -29,11 +30,12 @@ class Job:
     job_id: str
     state: str  # QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED
     source: str
-    formula: str
+    formula: str  # a comparison's: its two formulas joined by " vs "
     created_unix: float
     started_unix: float | None
     finished_unix: float | None
     error: JobError | None
+    kind: str = "FIT"  # FIT | COMPARE
 
     @property
     def done(self) -> bool:
@@ -44,32 +46,47 @@ class Job:
         error = None
         if msg.HasField("error"):
             error = JobError(msg.error.code, msg.error.message, msg.error.field)
+        compare = msg.kind == pb.JOB_KIND_COMPARE
         return Job(
             job_id=msg.job_id,
             state=pb.JobState.Name(msg.state).removeprefix("JOB_STATE_"),
             source=msg.source,
-            formula=msg.model.formula,
+            formula=" vs ".join(m.formula for m in msg.models) if compare else msg.model.formula,
             created_unix=msg.created_unix,
             started_unix=msg.started_unix or None,
             finished_unix=msg.finished_unix or None,
             error=error,
+            kind="COMPARE" if compare else "FIT",
         )
 
 
 @dataclass(frozen=True)
 class Progress:
-    """A progress event: rows read in a pass, or an evaluation of the objective."""
+    """A progress event: rows read in a pass, an evaluation of the objective, or the
+    fit's memory estimate against the server's budget (``waiting`` for room, or admitted)."""
 
-    kind: str  # "rows" | "iteration"
+    kind: str  # "rows" | "iteration" | "memory"
     stage: str = ""
     rows: int = 0
     evaluation: int = 0
     objective: float = float("nan")
+    estimate_bytes: int = 0
+    budget_bytes: int = 0  # 0: no budget
+    in_use_bytes: int = 0
+    waiting: bool = False
+    detail: str = ""
 
     @staticmethod
     def from_proto(msg: pb.Progress) -> Progress:
-        if msg.WhichOneof("event") == "rows_read":
+        kind = msg.WhichOneof("event")
+        if kind == "rows_read":
             return Progress("rows", stage=msg.rows_read.stage, rows=msg.rows_read.rows)
+        if kind == "memory":
+            m = msg.memory
+            return Progress(
+                "memory", estimate_bytes=m.estimate_bytes, budget_bytes=m.budget_bytes,
+                in_use_bytes=m.in_use_bytes, waiting=m.waiting, detail=m.detail,
+            )  # fmt: skip
         it = msg.iteration
         return Progress("iteration", evaluation=it.evaluation, objective=it.objective)
 
@@ -120,6 +137,18 @@ class FitResult:
     def residual_quantiles(self) -> list[float]:
         return list(self.message.residual_quantiles)
 
+    @property
+    def disclosure(self) -> dict[str, Any] | None:
+        """What the server's disclosure control withheld (None when it is off)."""
+        d = self._dict.get("disclosure")
+        return dict(d) if d is not None else None
+
+    @property
+    def written(self) -> dict[str, str]:
+        """Tables written on the server: {"ranef" | "fitted": absolute path there}."""
+        w = self.message.written
+        return {k: v for k, v in (("ranef", w.ranef_path), ("fitted", w.fitted_path)) if v}
+
     def summary(self, data_name: str | None = None) -> str:
         """lme4's ``summary(m)`` as text (scaled residuals when the fit kept them)."""
         name = self.data_name if data_name is None else data_name
@@ -146,3 +175,35 @@ class FitResult:
 
     def __repr__(self) -> str:
         return f"<sparsemm FitResult job={self.job_id} formula={self._dict['formula']!r}>"
+
+
+class Anova:
+    """A likelihood-ratio test of two nested models (lme4's ``anova(m0, m1)``).
+
+    ``small`` and ``big`` are the two models' lines (formula, npar, aic, bic, loglik,
+    deviance), ``chisq``, ``df`` and ``p`` the test; ``to_dict()`` is the JSON that
+    ``sparsemm anova --format json`` prints, ``table()`` its text.
+    """
+
+    def __init__(self, message: pb.LikelihoodRatioTest, job_id: str, data_name: str) -> None:
+        self.message = message
+        self.job_id = job_id
+        self.data_name = data_name
+        d = json.loads(message.result_json)
+        self.small: dict[str, Any] = d["small"]
+        self.big: dict[str, Any] = d["big"]
+        self.chisq: float = d["chisq"]
+        self.df: int = d["df"]
+        self.p: float = d["p"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(json.loads(self.message.result_json))
+
+    def to_json(self) -> str:
+        return str(self.message.result_json)
+
+    def table(self, data_name: str | None = None) -> str:
+        return format_anova(self.to_dict(), self.data_name if data_name is None else data_name)
+
+    def __repr__(self) -> str:
+        return f"<sparsemm Anova chisq={self.chisq:.6g} df={self.df} p={self.p:.4g}>"

@@ -133,4 +133,13 @@ def format_summary(
         lines += icc_lines(result["icc"])
     for msg in result["messages"]:
         lines.append(msg)
+    lines += disclosure_lines(result.get("disclosure"))
     return "\n".join(lines) + "\n"
+
+
+def disclosure_lines(disclosure: Mapping[str, Any] | None) -> list[str]:
+    """What a server's disclosure control withheld (nothing when it was off)."""
+    if not disclosure:
+        return []
+    out = [f"Disclosure control: withheld {w}" for w in disclosure["withheld"]]
+    return out + [f"Disclosure control: {note}" for note in disclosure["notes"]]
