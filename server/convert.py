@@ -1,10 +1,11 @@
 """The one place that converts between protobuf messages and the solver's types.
 
-Requests become a validated ``FitTask`` or ``CompareTask`` (plain data for a worker
-process); the solver's result, kept as the JSON contract, becomes a ``FitResult``
-message (a comparison's, a ``LikelihoodRatioTest``) that also carries that JSON
-verbatim; job records become ``Job`` messages; Arrow tables become ``ArrowBatch``
-messages, each a self-contained IPC stream under a size cap.
+Requests become a validated ``FitTask``, ``CompareTask`` or ``PredictTask`` (plain data
+for a worker process); the solver's result, kept as the JSON contract, becomes a
+``FitResult`` message (a comparison's, a ``LikelihoodRatioTest``; a prediction's, a
+``Prediction``) that also carries that JSON verbatim; job records become ``Job``
+messages; Arrow tables become ``ArrowBatch`` messages, each a self-contained IPC stream
+under a size cap.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sparsemm.v1 import sparsemm_pb2 as pb
 
 from .errors import invalid
 from .store import JobRecord
-from .task import CompareTask, FitTask, SourceRef
+from .task import CompareTask, FitRef, FitTask, PredictTask, SourceRef
 
 MAX_FORMULA_CHARS = 10_000
 MAX_NAME_CHARS = 1_000
@@ -131,6 +132,9 @@ def job(rec: JobRecord) -> pb.Job:
     )
     if isinstance(task, CompareTask):
         msg.models.extend(model_spec(f) for f in task.fits)
+    elif isinstance(task, PredictTask):
+        msg.model.CopyFrom(model_spec(task.base.fit))
+        msg.fit_job_id = task.base.job_id
     else:
         msg.model.CopyFrom(model_spec(task))
         msg.outputs.CopyFrom(
@@ -228,6 +232,46 @@ def comparison(result_json: str) -> pb.LikelihoodRatioTest:
         small=line(d["small"]), big=line(d["big"]), chisq=_num(d["chisq"]), df=d["df"],
         p_value=_num(d["p"]), result_json=result_json,
     )  # fmt: skip
+
+
+def fit_ref(job_id: str, task: FitTask, result_json: str, source: SourceRef) -> FitRef:
+    """A finished fit to refit on ``source`` (its own, resolved afresh): the summary only."""
+    d = json.loads(result_json)
+    fit = replace(task, source=source, ranef=False, fitted=False, residual_quantiles=False,
+                  ranef_out="", fitted_out="", output_root="")  # fmt: skip
+    return FitRef(job_id, fit, tuple(float(t) for t in d["theta"]), int(d["nobs"]))
+
+
+def predict_task(
+    job_id: str,
+    base: FitRef,
+    newdata: SourceRef,
+    request: pb.PredictRequest,
+    out_dir: str,
+    written: tuple[str, str] = ("", ""),
+) -> PredictTask:
+    """The worker's task for a PredictRequest; ``written``: (out path, output root)."""
+    re_form = request.re_form if request.HasField("re_form") else None
+    if re_form is not None and (not re_form.strip() or len(re_form) > MAX_FORMULA_CHARS):
+        raise invalid("re_form is empty or too long (unset it for every term)", "re_form")
+    return PredictTask(
+        job_id=job_id, base=base, newdata=newdata, re_form=re_form,
+        allow_new_levels=not request.refuse_new_levels, se_fit=request.se_fit,
+        out_dir=out_dir, out_path=written[0], output_root=written[1],
+    )  # fmt: skip
+
+
+def prediction(result_json: str) -> pb.Prediction:
+    """A prediction job's message from its JSON (``after_fit.run_predict``), kept verbatim."""
+    d = json.loads(result_json)
+    msg = pb.Prediction(
+        fit_job_id=d["fit_job_id"], rows=d["rows"], null_rows=d["null_rows"],
+        fit_method=_value(pb.Method, "METHOD_", d["fit_method"]), fit_nobs=d["fit_nobs"],
+        written_path=d["written"], withheld=d["withheld"], result_json=result_json,
+    )  # fmt: skip
+    if "disclosure" in d:
+        msg.disclosure.CopyFrom(_disclosure(d["disclosure"]))
+    return msg
 
 
 def _disclosure(d: dict[str, Any]) -> pb.Disclosure:

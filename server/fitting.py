@@ -18,7 +18,7 @@ from typing import Any
 
 from ..solver.results import json_safe
 from .disclosure import DisclosurePolicy
-from .task import FitTask
+from .task import FitTask, SourceRef
 
 
 class AdmissionRefused(Exception):
@@ -47,9 +47,13 @@ class Channel:
 
 def task_source(task: FitTask) -> Any:
     """What ``solver.prepare`` reads: a path, the upload spool, or a confined DuckDB."""
+    return source_of(task.source)
+
+
+def source_of(ref: SourceRef) -> Any:
+    """A confined source as the solver reads it (``task_source``)."""
     from .confined import sql_source, table_source
 
-    ref = task.source
     if ref.kind == "sql":
         os.chdir(ref.roots[0])  # relative paths in the query are under the first root
         return sql_source(ref.value, ref.roots)

@@ -188,12 +188,75 @@ class Client:
         call = self._stub.CompareModels(request, timeout=timeout, metadata=self._metadata)
         return self._follow(call, progress, Anova)
 
+    def predict(
+        self,
+        job_id: str,
+        newdata: Any,
+        *,
+        re_form: str | None = None,
+        allow_new_levels: bool = True,
+        se_fit: bool = False,
+        out_path: str | None = None,
+        progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        name: str | None = None,
+    ) -> pa.Table:
+        """lme4's ``predict(m, newdata, re.form, allow.new.levels)`` of a finished LMM fit
+        job: columns ``fit`` (and ``se_fit``), one row per new row, null where a row has
+        missing values.  ``newdata``: a server-side source or a table to upload (as for
+        ``fit``).  ``re_form``: None (every term), "NA" (none) or e.g. "~(1 | Subject)".
+
+        The server refits the job's model on its source.  ``out_path``: write the
+        predictions to this Parquet path on the server instead; the table returned is
+        then empty.  Its schema metadata ``b"sparsemm.prediction"`` holds the server's
+        account (JSON: rows, null_rows, written, withheld, disclosure, ...); under the
+        server's disclosure control row-level predictions are withheld (``withheld``).
+        """
+        request = pb.PredictRequest(
+            job_id=job_id, refuse_new_levels=not allow_new_levels, se_fit=se_fit,
+            out_path=out_path or "", **({} if re_form is None else {"re_form": re_form}),
+        )  # fmt: skip
+        if isinstance(newdata, str):
+            request.source = newdata
+            call = self._stub.Predict(request, timeout=timeout, metadata=self._metadata)
+        else:
+            request.name = name or "table"
+            requests = self._upload(request, _reader(newdata), pb.PredictUploadRequest)
+            call = self._stub.PredictUpload(requests, timeout=timeout, metadata=self._metadata)
+        return self._prediction(call, progress)
+
+    def _prediction(self, call: Any, progress: ProgressCallback | None) -> pa.Table:
+        """A prediction's stream: job, progress, the result, then the batches."""
+        result: Any = None
+        batches: list[pa.RecordBatch] = []
+        try:
+            for response in call:
+                kind = response.WhichOneof("event")
+                if kind == "progress" and progress is not None:
+                    progress(Progress.from_proto(response.progress))
+                elif kind == "result":
+                    result = response.result
+                elif kind == "batch":
+                    batches.extend(pa.ipc.open_stream(response.batch.data))
+        except grpc.RpcError as err:
+            raise SparsemmError.from_rpc(err) from None
+        except BaseException:
+            call.cancel()
+            raise
+        if result is None:
+            raise SparsemmError(grpc.StatusCode.UNKNOWN, "the server ended without a result")
+        meta = {b"sparsemm.prediction": result.result_json.encode()}
+        if not batches:
+            return pa.table({"fit": pa.array([], pa.float64())}).replace_schema_metadata(meta)
+        return pa.Table.from_batches(batches).replace_schema_metadata(meta)
+
     def _upload(
-        self, header: pb.UploadHeader, reader: pa.RecordBatchReader
-    ) -> Iterator[pb.FitUploadRequest]:
-        yield pb.FitUploadRequest(header=header)
+        self, header: Any, reader: pa.RecordBatchReader, message: Any = pb.FitUploadRequest
+    ) -> Iterator[Any]:
+        """``message``s: the header, then the Arrow IPC stream in chunks."""
+        yield message(header=header)
         for chunk in ipc_chunks(reader, self.chunk_bytes):
-            yield pb.FitUploadRequest(arrow_ipc_chunk=chunk)
+            yield message(arrow_ipc_chunk=chunk)
 
     def _follow(
         self, call: Any, progress: ProgressCallback | None, make: Callable[[Any, str, str], R]

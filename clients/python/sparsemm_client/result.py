@@ -35,7 +35,8 @@ class Job:
     started_unix: float | None
     finished_unix: float | None
     error: JobError | None
-    kind: str = "FIT"  # FIT | COMPARE
+    kind: str = "FIT"  # FIT | COMPARE | PREDICT
+    fit_job_id: str = ""  # a prediction's fit
 
     @property
     def done(self) -> bool:
@@ -56,7 +57,8 @@ class Job:
             started_unix=msg.started_unix or None,
             finished_unix=msg.finished_unix or None,
             error=error,
-            kind="COMPARE" if compare else "FIT",
+            kind=pb.JobKind.Name(msg.kind).removeprefix("JOB_KIND_").replace("UNSPECIFIED", "FIT"),
+            fit_job_id=msg.fit_job_id,
         )
 
 
