@@ -80,6 +80,10 @@ def fit_task(
     if len(model.weights) > MAX_NAME_CHARS:
         raise invalid("model.weights is too long", "model.weights")
     ordering = _word(pb.Ordering, model.ordering, "ORDERING_", "model.ordering") or "auto"
+    for name in ("satterthwaite", "icc"):
+        if getattr(outputs, name) and family != "gaussian":
+            message = f"outputs.{name} needs a linear mixed model (gaussian family)"
+            raise invalid(message, f"outputs.{name}")
     return FitTask(
         job_id=job_id,
         source=source,
@@ -96,6 +100,8 @@ def fit_task(
         ranef_out=written[0],
         fitted_out=written[1],
         output_root=written[2],
+        satterthwaite=outputs.satterthwaite,
+        icc=outputs.icc,
     )
 
 
@@ -116,7 +122,8 @@ def for_comparison(task: FitTask, field: str) -> FitTask:
     if task.family != "gaussian":
         message = "likelihood-ratio comparisons are of linear mixed models (gaussian family)"
         raise invalid(message, field)
-    return replace(task, reml=False, ranef=False, fitted=False, residual_quantiles=False)
+    return replace(task, reml=False, ranef=False, fitted=False, residual_quantiles=False,
+                   satterthwaite=False, icc=False)  # fmt: skip
 
 
 def job(rec: JobRecord) -> pb.Job:
@@ -141,6 +148,7 @@ def job(rec: JobRecord) -> pb.Job:
             pb.OutputOptions(
                 ranef=task.ranef, fitted=task.fitted, residual_quantiles=task.residual_quantiles,
                 ranef_path=task.ranef_out, fitted_path=task.fitted_out,
+                satterthwaite=task.satterthwaite, icc=task.icc,
             )
         )  # fmt: skip
     if rec.error_code:
@@ -177,6 +185,7 @@ def fit_result(result_json: str, extras: dict[str, Any]) -> pb.FitResult:
                 estimate=_num(fe["estimate"]),
                 std_error=_num(fe["std_error"]),
                 statistic=_num(fe["statistic"]),
+                **{k: _num(v) for k, v in _set(fe, "df", "p_value").items()},
             )
             for fe in d["fixed_effects"]
         ],
@@ -207,6 +216,8 @@ def fit_result(result_json: str, extras: dict[str, Any]) -> pb.FitResult:
         msg.diagnostics.CopyFrom(_diagnostics(d["diagnostics"]))
     if "disclosure" in d:
         msg.disclosure.CopyFrom(_disclosure(d["disclosure"]))
+    if d.get("icc") is not None:
+        msg.icc.CopyFrom(_icc(d["icc"]))
     if "timings" in d:
         msg.timings.CopyFrom(
             pb.Timings(
@@ -238,7 +249,8 @@ def fit_ref(job_id: str, task: FitTask, result_json: str, source: SourceRef) -> 
     """A finished fit to refit on ``source`` (its own, resolved afresh): the summary only."""
     d = json.loads(result_json)
     fit = replace(task, source=source, ranef=False, fitted=False, residual_quantiles=False,
-                  ranef_out="", fitted_out="", output_root="")  # fmt: skip
+                  ranef_out="", fitted_out="", output_root="", satterthwaite=False,
+                  icc=False)  # fmt: skip
     return FitRef(job_id, fit, tuple(float(t) for t in d["theta"]), int(d["nobs"]))
 
 
@@ -272,6 +284,17 @@ def prediction(result_json: str) -> pb.Prediction:
     if "disclosure" in d:
         msg.disclosure.CopyFrom(_disclosure(d["disclosure"]))
     return msg
+
+
+def _icc(d: dict[str, Any]) -> pb.Icc:
+    def values(m: dict[str, Any]) -> list[pb.GroupValue]:
+        return [pb.GroupValue(group=g, value=_num(v)) for g, v in m.items()]
+
+    return pb.Icc(
+        var_fixed=_num(d["var_fixed"]), var_residual=_num(d["var_residual"]),
+        by_group=values(d["by_group"]), design_effect=values(d["design_effect"]),
+        note=d["note"] or "", **_set(d, "adjusted", "conditional", "var_random"),
+    )  # fmt: skip
 
 
 def _disclosure(d: dict[str, Any]) -> pb.Disclosure:

@@ -102,6 +102,10 @@ def run_fit(
     extras["memory_estimate_bytes"] = memory.total_bytes
     timings["total_s"] = time.perf_counter() - started
     out = fitted.result.to_dict()
+    if task.satterthwaite or task.icc:
+        from sparsemm.solver.inference import add_inference
+
+        add_inference(out, fitted, task.satterthwaite, task.icc)
     if policy is not None:
         out["disclosure"] = policy.record(withheld[0], withheld[1], notes)
     out["timings"] = timings

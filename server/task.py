@@ -46,6 +46,8 @@ class FitTask:
     ranef_out: str = ""  # or where it writes the conditional modes, under output_root
     fitted_out: str = ""  # and the fitted values (``outputs``)
     output_root: str = ""
+    satterthwaite: bool = False  # lmerTest's df and p-values (solver.inference.add_inference)
+    icc: bool = False
 
     kind = "fit"
 

@@ -12,7 +12,7 @@ new rows from a source on the server (the server refits the job's model), and wr
 the same file and line.  ``fit --satterthwaite`` adds lmerTest's ``df`` and ``p_value`` to every
 fixed effect of the JSON (columns ``df`` and ``Pr(>|t|)`` of the text summary); ``fit
 --icc`` adds an ``icc`` object (performance::icc, see ``solver.icc``).  Both are for
-linear mixed models fitted in-process.
+linear mixed models, in-process or with ``--server`` (computed by the server's worker).
 """
 
 from __future__ import annotations
@@ -21,15 +21,13 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict
 from typing import Any
 
 import pyarrow.parquet as pq
 
 from sparsemm import solver
-from sparsemm.solver.icc import icc
+from sparsemm.solver.inference import add_inference
 from sparsemm.solver.predict import select_columns
-from sparsemm.solver.satterthwaite import satterthwaite
 
 
 def add_arguments(sub: Any, fit: argparse.ArgumentParser) -> None:
@@ -66,22 +64,16 @@ def add_arguments(sub: Any, fit: argparse.ArgumentParser) -> None:
 
 
 def check_fit_options(args: argparse.Namespace) -> None:
-    """--satterthwaite and --icc need an in-process linear mixed model."""
+    """--satterthwaite and --icc need a linear mixed model."""
     asked = [f"--{name}" for name in ("satterthwaite", "icc") if getattr(args, name, False)]
     if asked and args.family != "gaussian":
         raise solver.InputError(f"{asked[0]} needs a linear mixed model (--family gaussian)")
-    if asked and args.server:
-        raise solver.InputError(f"{asked[0]} is not available with --server yet")
 
 
 def augment(out: dict[str, Any], fitted: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """The JSON contract of a fit plus the inference asked for."""
-    if getattr(args, "satterthwaite", False):
-        for entry, test in zip(out["fixed_effects"], satterthwaite(fitted)):
-            entry["df"], entry["p_value"] = test.df, test.p_value
-    if getattr(args, "icc", False):
-        out["icc"] = asdict(icc(fitted))
-    return out
+    """The JSON contract of a fit plus the inference asked for (as a server's worker)."""
+    asked = (getattr(args, "satterthwaite", False), getattr(args, "icc", False))
+    return add_inference(out, fitted, *asked) if any(asked) else out
 
 
 def predict_command(args: argparse.Namespace) -> int:

@@ -157,3 +157,47 @@ def test_predict_task_survives_the_store() -> None:
     base = FitRef("f1", fit, (0.9, 0.1, 0.2), 180)
     task = PredictTask("p1", base, SourceRef("path", "/r/new.parquet"), "NA", False, True, "/o")
     assert task_from_json(task.to_json()) == task
+
+
+# ---- Satterthwaite and ICC on a fit -----------------------------------------------------
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().out
+
+
+def test_cli_fit_satterthwaite_icc_remote_prints_what_in_process_does(
+    server: str, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("SPARSEMM_TOKEN", TOKEN)
+    fit = ["fit", "--quiet", "--formula", FORMULA, "--satterthwaite", "--icc"]
+    local = ["--data", str(DATA / "sleepstudy.parquet")]
+    remote = ["--data", "sleepstudy.parquet", "--server", server]
+    for fmt in ("json", "text"):
+        code_l, out_l = _cli(capsys, *fit, *local, "--format", fmt)
+        code_r, out_r = _cli(capsys, *fit, *remote, "--format", fmt)
+        assert code_l == code_r == 0
+        if fmt == "text":
+            assert out_r == out_l.replace(local[1], remote[1])
+            assert "Pr(>|t|)" in out_r and "Adjusted ICC" in out_r
+            continue
+        a, b = (json.loads(o) for o in (out_l, out_r))
+        assert a.pop("timings").keys() == b.pop("timings").keys()
+        assert a == b  # every number equal
+
+
+def test_fit_result_message_carries_df_p_and_icc(client: Client) -> None:
+    m = client.fit(FORMULA, "sleepstudy.parquet", satterthwaite=True, icc=True, ranef=False)
+    d = m.to_dict()
+    for msg, fe in zip(m.message.fixed_effects, d["fixed_effects"]):
+        assert (msg.df, msg.p_value) == (fe["df"], fe["p_value"]) and fe["df"] == pytest.approx(17)
+    icc = m.message.icc
+    assert (icc.adjusted, icc.conditional, icc.var_residual) == (
+        d["icc"]["adjusted"], d["icc"]["conditional"], d["icc"]["var_residual"])  # fmt: skip
+    plain = client.fit(FORMULA, "sleepstudy.parquet", ranef=False)
+    assert not plain.message.HasField("icc") and not plain.message.fixed_effects[0].HasField("df")
+    with pytest.raises(SparsemmError) as err:
+        client.fit("cbind(incidence, size - incidence) ~ period + (1 | herd)", "cbpp.parquet",
+                   family="binomial", satterthwaite=True)  # fmt: skip
+    assert (err.value.code, err.value.field) == (CODE.INVALID_ARGUMENT, "outputs.satterthwaite")

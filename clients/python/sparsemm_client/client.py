@@ -74,10 +74,13 @@ def output_options(
     residual_quantiles: bool,
     ranef_path: str | None = None,
     fitted_path: str | None = None,
+    satterthwaite: bool = False,
+    icc: bool = False,
 ) -> pb.OutputOptions:
     return pb.OutputOptions(
         ranef=ranef, fitted=fitted, residual_quantiles=residual_quantiles,
         ranef_path=ranef_path or "", fitted_path=fitted_path or "",
+        satterthwaite=satterthwaite, icc=icc,
     )  # fmt: skip
 
 
@@ -143,15 +146,19 @@ class Client:
         name: str | None = None,
         ranef_path: str | None = None,
         fitted_path: str | None = None,
+        satterthwaite: bool = False,
+        icc: bool = False,
     ) -> FitResult:
         """Fit on the server and wait for the result (cancelled if this call is).
 
         ``ranef_path``/``fitted_path``: write that table to this Parquet path on the
         server (under its ``--output-root``) instead of keeping it for ``ranef()`` /
-        ``fitted()``; ``result.written`` says where it went.
+        ``fitted()``; ``result.written`` says where it went.  ``satterthwaite``: lmerTest's
+        df and p-value of every fixed effect; ``icc``: performance::icc (LMMs only).
         """
         model = model_spec(formula, ml, weights, family, link, ordering)
-        outputs = output_options(ranef, fitted, residual_quantiles, ranef_path, fitted_path)
+        outputs = output_options(ranef, fitted, residual_quantiles, ranef_path, fitted_path,
+                                 satterthwaite, icc)  # fmt: skip
         if isinstance(data, str):
             request = pb.FitRequest(source=data, model=model, outputs=outputs)
             call = self._stub.Fit(request, timeout=timeout, metadata=self._metadata)
@@ -296,13 +303,16 @@ class Client:
         residual_quantiles: bool = True,
         ranef_path: str | None = None,
         fitted_path: str | None = None,
+        satterthwaite: bool = False,
+        icc: bool = False,
     ) -> Job:
         """Start a fit on a server-side source as a job that outlives this call."""
+        outputs = output_options(ranef, fitted, residual_quantiles, ranef_path, fitted_path,
+                                 satterthwaite, icc)  # fmt: skip
         request = pb.SubmitJobRequest(
-            source=source,
-            model=model_spec(formula, ml, weights, family, link, ordering),
-            outputs=output_options(ranef, fitted, residual_quantiles, ranef_path, fitted_path),
-        )
+            source=source, model=model_spec(formula, ml, weights, family, link, ordering),
+            outputs=outputs,
+        )  # fmt: skip
         return Job.from_proto(self._unary(self._stub.SubmitJob, request).job)
 
     def job(self, job_id: str) -> Job:
