@@ -1,4 +1,5 @@
-"""Tasks on a finished fit inside a worker process: predictions (``PredictTask``).
+"""Tasks on a finished fit inside a worker process: predictions (``PredictTask``) and
+confidence intervals (``ConfintTask``).
 
 The job store keeps a fit's result (the contract JSON), not its factor or its
 conditional modes, so the worker **refits** the job's model on the job's source
@@ -10,8 +11,9 @@ conditional modes, so the worker **refits** the job's model on the job's source
 The refit is deterministic, so it reproduces the job's fit; it is checked against the
 kept ``nobs`` and ``theta`` (1e-6) and refused with FAILED_PRECONDITION when they
 differ (the source changed since the fit).  The numbers then equal an in-process
-``sparsemm predict`` (fit, then predict) exactly.  Jobs on uploaded data cannot be
-refitted (the server drops the upload when the fit ends); the servicer refuses them.
+``sparsemm predict`` or ``sparsemm confint`` (fit, then predict or profile) exactly.
+Jobs on uploaded data cannot be refitted (the server drops the upload when the fit
+ends); the servicer refuses them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..solver.errors import InputError
 from ..solver.results import json_safe
 from .disclosure import DisclosurePolicy
 from .fitting import Channel, estimate, model, prepare, source_of
-from .task import FitRef, PredictTask
+from .task import ConfintTask, FitRef, PredictTask
 
 THETA_RTOL = 1e-6
 
@@ -99,3 +101,20 @@ def _keep(task: PredictTask, table: Any) -> dict[str, str]:
     path = os.path.join(task.out_dir, "predictions.parquet")
     pq.write_table(table, path)
     return {"predictions_path": path}
+
+
+def run_confint(
+    task: ConfintTask, channel: Channel, policy: DisclosurePolicy | None = None
+) -> tuple[str, dict[str, Any]]:
+    """lme4's confint of the refitted fit: the object ``sparsemm confint`` prints, with
+    the fit's job id and the timings of the refit and the intervals."""
+    import time
+
+    from ..solver.confint import confint
+
+    started = time.perf_counter()
+    fitted = refit(task.base, read_base(task.base, channel, policy), channel)
+    fit_s = time.perf_counter() - started
+    out = confint(fitted, task.method, task.level, list(task.parm) or None)
+    out["timings"] = {"fit_s": fit_s, "confint_s": time.perf_counter() - started - fit_s}
+    return json.dumps(json_safe(out)), {"fit_job_id": task.base.job_id}

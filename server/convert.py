@@ -1,11 +1,11 @@
 """The one place that converts between protobuf messages and the solver's types.
 
-Requests become a validated ``FitTask``, ``CompareTask`` or ``PredictTask`` (plain data
-for a worker process); the solver's result, kept as the JSON contract, becomes a
-``FitResult`` message (a comparison's, a ``LikelihoodRatioTest``; a prediction's, a
-``Prediction``) that also carries that JSON verbatim; job records become ``Job``
-messages; Arrow tables become ``ArrowBatch`` messages, each a self-contained IPC stream
-under a size cap.
+Requests become a validated ``FitTask``, ``CompareTask``, ``PredictTask`` or
+``ConfintTask`` (plain data for a worker process); the solver's result, kept as the JSON
+contract, becomes a ``FitResult`` message (a comparison's, a ``LikelihoodRatioTest``; a
+prediction's, a ``Prediction``; intervals, ``ConfidenceIntervals``) that also carries
+that JSON verbatim; job records become ``Job`` messages; Arrow tables become
+``ArrowBatch`` messages, each a self-contained IPC stream under a size cap.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sparsemm.v1 import sparsemm_pb2 as pb
 
 from .errors import invalid
 from .store import JobRecord
-from .task import CompareTask, FitRef, FitTask, PredictTask, SourceRef
+from .task import CompareTask, ConfintTask, FitRef, FitTask, PredictTask, SourceRef
 
 MAX_FORMULA_CHARS = 10_000
 MAX_NAME_CHARS = 1_000
@@ -139,7 +139,7 @@ def job(rec: JobRecord) -> pb.Job:
     )
     if isinstance(task, CompareTask):
         msg.models.extend(model_spec(f) for f in task.fits)
-    elif isinstance(task, PredictTask):
+    elif isinstance(task, (PredictTask, ConfintTask)):
         msg.model.CopyFrom(model_spec(task.base.fit))
         msg.fit_job_id = task.base.job_id
     else:
@@ -284,6 +284,30 @@ def prediction(result_json: str) -> pb.Prediction:
     if "disclosure" in d:
         msg.disclosure.CopyFrom(_disclosure(d["disclosure"]))
     return msg
+
+
+def confint_task(job_id: str, base: FitRef, request: pb.ConfidenceIntervalsRequest) -> ConfintTask:
+    method = _word(pb.IntervalMethod, request.method, "INTERVAL_METHOD_", "method") or "profile"
+    level = request.level or 0.95
+    if not 0.0 < level < 1.0:
+        raise invalid(f"level {level:g} is not between 0 and 1", "level")
+    parm = tuple(request.parameters)
+    if len(parm) > MAX_NAME_CHARS or any(not p or len(p) > MAX_NAME_CHARS for p in parm):
+        raise invalid("parameters: too many, or an empty or too long name", "parameters")
+    return ConfintTask(job_id, base, method, level, parm)
+
+
+def intervals(result_json: str, fit_job_id: str) -> pb.ConfidenceIntervals:
+    """Intervals' message from their JSON (``solver.confint``), kept verbatim."""
+    d = json.loads(result_json)
+    rows = [pb.Interval(parameter=r["parameter"], **_set(r, "estimate", "lower", "upper"))
+            for r in d["intervals"]]  # fmt: skip
+    return pb.ConfidenceIntervals(
+        fit_job_id=fit_job_id, method=_value(pb.IntervalMethod, "INTERVAL_METHOD_", d["method"]),
+        level=d["level"], fit_method=_value(pb.Method, "METHOD_", d["fit_method"]),
+        intervals=rows, messages=d["messages"], result_json=result_json,
+        **_set(d, "deviance"),
+    )  # fmt: skip
 
 
 def _icc(d: dict[str, Any]) -> pb.Icc:

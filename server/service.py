@@ -30,12 +30,12 @@ from .jobs import JobManager
 from .outputs import OutputRefused, OutputRoot
 from .paths import DataRoots
 from .store import SUCCEEDED, JobRecord
-from .task import CompareTask, FitRef, FitTask, PredictTask, SourceRef
+from .task import CompareTask, ConfintTask, FitRef, FitTask, PredictTask, SourceRef
 
 log = logging.getLogger("sparsemm.server")
 F = TypeVar("F", bound=Callable[..., Any])
 MAX_PAGE = 1_000
-RESULT_FIELD = {"compare": "comparison", "predict": "prediction"}  # else "result"
+RESULT_FIELD = {"compare": "comparison", "predict": "prediction", "confint": "intervals"}
 
 
 def _unary(method: F) -> F:
@@ -168,6 +168,16 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
         self._spool(requests, path, context)
         rec = self.jobs.submit(owner, f"upload:{header.name[:200] or 'table'}", task)
         yield from self._follow_prediction(rec, owner, context)
+
+    @_streaming
+    def ConfidenceIntervals(
+        self, request: pb.ConfidenceIntervalsRequest, context: grpc.ServicerContext
+    ) -> Iterator[Any]:
+        owner = self.auth.caller(context)
+        base = self._fit_ref(owner, request.job_id, "confidence intervals")
+        task = convert.confint_task(uuid.uuid4().hex, base, request)
+        rec = self.jobs.submit(owner, self.jobs.get(base.job_id, owner).source_name, task)
+        yield from self._follow(rec, owner, context, pb.ConfidenceIntervalsResponse)
 
     def _follow_prediction(
         self, rec: JobRecord, owner: str, context: grpc.ServicerContext
@@ -417,6 +427,8 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
             return convert.comparison(rec.result_json)
         if isinstance(rec.task, PredictTask):
             return convert.prediction(rec.result_json)
+        if isinstance(rec.task, ConfintTask):
+            return convert.intervals(rec.result_json, rec.task.base.job_id)
         extras = rec.extras
         if self.disclosure is not None and not self.disclosure.allow_row_outputs:
             extras = {k: v for k, v in extras.items() if k != "residual_quantiles"}

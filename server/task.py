@@ -1,7 +1,7 @@
 """What a worker process is asked to do: plain, picklable data (no grpc, no protobuf).
 
 The servicer turns a request into a ``FitTask``, a ``CompareTask`` or a task on a
-finished fit (``PredictTask``) (``convert``), the
+finished fit (``PredictTask``, ``ConfintTask``) (``convert``), the
 job manager hands it to a worker process (``worker``), and the store keeps it as JSON
 (``task_from_json``) so that a queued job can run again after a restart.
 """
@@ -139,13 +139,37 @@ class PredictTask:
         return PredictTask(base=base, newdata=SourceRef(**src), **d)
 
 
-Task = FitTask | CompareTask | PredictTask
+@dataclass(frozen=True)
+class ConfintTask:
+    """Confidence intervals of a refitted fit (``solver.confint``)."""
+
+    job_id: str
+    base: FitRef
+    method: str = "profile"  # profile | wald
+    level: float = 0.95
+    parm: tuple[str, ...] = ()  # empty: every parameter
+
+    kind = "confint"
+    spool = None
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, **asdict(self)})
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> ConfintTask:
+        return ConfintTask(d["job_id"], FitRef.from_dict(d["base"]), d["method"], d["level"],
+                           tuple(d["parm"]))  # fmt: skip
+
+
+Task = FitTask | CompareTask | PredictTask | ConfintTask
 
 
 def task_from_json(text: str) -> Task:
     d = json.loads(text)
     if d.get("kind") == "predict":
         return PredictTask.from_dict(d)
+    if d.get("kind") == "confint":
+        return ConfintTask.from_dict(d)
     if d.get("kind") != "compare":
         return FitTask.from_dict(d)
     a, b = (FitTask.from_dict(f) for f in d["fits"])

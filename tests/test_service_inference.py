@@ -19,6 +19,8 @@ import pytest
 from sparsemm import solver
 from sparsemm.cli import main
 from sparsemm.server.task import FitRef, FitTask, PredictTask, SourceRef, task_from_json
+from sparsemm.solver.confint import confint
+from sparsemm.solver.results import json_safe
 from sparsemm_client import Client, SparsemmError
 from tests.service_helpers import CODE, DATA, FORMULA, TOKEN, config, data_root, running
 
@@ -201,3 +203,47 @@ def test_fit_result_message_carries_df_p_and_icc(client: Client) -> None:
         client.fit("cbind(incidence, size - incidence) ~ period + (1 | herd)", "cbpp.parquet",
                    family="binomial", satterthwaite=True)  # fmt: skip
     assert (err.value.code, err.value.field) == (CODE.INVALID_ARGUMENT, "outputs.satterthwaite")
+
+
+# ---- confidence intervals ---------------------------------------------------------------
+
+
+def test_confint_equals_in_process(client: Client, fit_job: str, local_fit: solver.LMMFit) -> None:
+    for method, parm in (("profile", None), ("wald", ["beta_"])):
+        remote = client.confint(fit_job, method=method, level=0.9, parm=parm)
+        local = json_safe(confint(local_fit, method, 0.9, parm))
+        d = remote.to_dict()
+        d.pop("timings")
+        assert d == local  # every number equal
+        assert remote.message.fit_job_id == fit_job and remote.fit_job_id == fit_job
+    names = [r["parameter"] for r in client.confint(fit_job, "wald").rows]
+    assert names == [".sig01", ".sig02", ".sig03", ".sigma", "(Intercept)", "Days"]
+    assert not client.confint(fit_job, "wald").message.intervals[0].HasField("lower")
+
+
+def test_confint_errors(client: Client, fit_job: str) -> None:
+    glmm = client.fit("cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                      "cbpp.parquet", family="binomial", ranef=False).job_id  # fmt: skip
+    cases = [
+        ("0" * 32, {}, CODE.NOT_FOUND, "job_id"),
+        (glmm, {}, CODE.FAILED_PRECONDITION, "job_id"),
+        (fit_job, {"level": 1.5}, CODE.INVALID_ARGUMENT, "level"),
+        (fit_job, {"parm": ["nope"]}, CODE.INVALID_ARGUMENT, "parameters"),
+    ]
+    for job_id, kw, code, field in cases:
+        with pytest.raises(SparsemmError) as err:
+            client.confint(job_id, **kw)
+        assert (err.value.code, err.value.field) == (code, field), (job_id, kw, err.value)
+
+
+def test_cli_confint_remote_prints_what_in_process_does(
+    server: str, fit_job: str, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("SPARSEMM_TOKEN", TOKEN)
+    local = ["--data", str(DATA / "sleepstudy.parquet"), "--formula", FORMULA]
+    for extra in (["--method", "wald", "--level", "0.9"], ["--parm", ".sigma"]):
+        code_l, out_l = _cli(capsys, "confint", *local, *extra)
+        code_r, out_r = _cli(capsys, "confint", "--server", server, "--job", fit_job, *extra)
+        assert code_l == code_r == 0 and out_l == out_r and "%" in out_r
+    code = main(["confint", "--server", server, "--job", "f" * 32])
+    assert code == 2 and "no job" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from sparsemm.v1 import sparsemm_pb2 as pb
 from sparsemm.v1 import sparsemm_pb2_grpc as pb_grpc
 
 from .errors import SparsemmError
-from .result import Anova, FitResult, Job, Progress
+from .result import Anova, ConfidenceIntervals, FitResult, Job, Progress
 
 ProgressCallback = Callable[[Progress], None]
 R = TypeVar("R")
@@ -232,6 +232,26 @@ class Client:
             call = self._stub.PredictUpload(requests, timeout=timeout, metadata=self._metadata)
         return self._prediction(call, progress)
 
+    def confint(
+        self,
+        job_id: str,
+        method: str = "profile",
+        level: float = 0.95,
+        parm: list[str] | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+    ) -> ConfidenceIntervals:
+        """lme4's ``confint(m, method = "profile" | "Wald", level, parm)`` of a finished LMM
+        fit job (its model refitted on the server): rows ``.sig01``, ..., ``.sigma``, then
+        the fixed effects."""
+        request = pb.ConfidenceIntervalsRequest(
+            job_id=job_id, level=level, parameters=parm or [],
+            method=_enum(pb.IntervalMethod, "INTERVAL_METHOD_", method, "method"),
+        )  # fmt: skip
+        call = self._stub.ConfidenceIntervals(request, timeout=timeout, metadata=self._metadata)
+        return self._follow(call, progress, lambda m, j, _: ConfidenceIntervals(m, j))
+
     def _prediction(self, call: Any, progress: ProgressCallback | None) -> pa.Table:
         """A prediction's stream: job, progress, the result, then the batches."""
         result: Any = None
@@ -318,12 +338,14 @@ class Client:
     def job(self, job_id: str) -> Job:
         return Job.from_proto(self._unary(self._stub.GetJob, pb.GetJobRequest(job_id=job_id)).job)
 
-    def result(self, job_id: str) -> FitResult | Anova:
-        """The result of a job that succeeded: a fit's, or a comparison's test
-        (FAILED_PRECONDITION-like error otherwise)."""
+    def result(self, job_id: str) -> FitResult | Anova | ConfidenceIntervals:
+        """The result of a job that succeeded: a fit's, a comparison's test, or confidence
+        intervals (FAILED_PRECONDITION-like error otherwise)."""
         response = self._unary(self._stub.GetJob, pb.GetJobRequest(job_id=job_id))
         if response.HasField("comparison"):
             return Anova(response.comparison, job_id, response.job.source)
+        if response.HasField("intervals"):
+            return ConfidenceIntervals(response.intervals, job_id)
         if not response.HasField("result"):
             job = Job.from_proto(response.job)
             raise _job_error(job)
