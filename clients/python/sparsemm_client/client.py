@@ -353,8 +353,9 @@ class Client:
 
     def wait(
         self, job_id: str, progress: ProgressCallback | None = None, timeout: float | None = None
-    ) -> FitResult | Anova:
-        """Watch a job to its end; its result, or its error raised."""
+    ) -> FitResult | Anova | ConfidenceIntervals:
+        """Watch a job to its end; its result, or its error raised (a prediction job's
+        predictions come back from the ``predict`` call itself)."""
         job = None
         try:
             call = self._stub.WatchJob(
@@ -370,6 +371,8 @@ class Client:
                     return FitResult(response.result, job_id, self, job.source if job else "")
                 elif kind == "comparison":
                     return Anova(response.comparison, job_id, job.source if job else "")
+                elif kind == "intervals":
+                    return ConfidenceIntervals(response.intervals, job_id)
         except grpc.RpcError as err:
             raise SparsemmError.from_rpc(err) from None
         if job is None:
