@@ -1,10 +1,11 @@
 """The one place that converts between protobuf messages and the solver's types.
 
-Requests become a validated ``FitTask`` or ``CompareTask`` (plain data for a worker
-process); the solver's result, kept as the JSON contract, becomes a ``FitResult``
-message (a comparison's, a ``LikelihoodRatioTest``) that also carries that JSON
-verbatim; job records become ``Job`` messages; Arrow tables become ``ArrowBatch``
-messages, each a self-contained IPC stream under a size cap.
+Requests become a validated ``FitTask``, ``CompareTask``, ``PredictTask`` or
+``ConfintTask`` (plain data for a worker process); the solver's result, kept as the JSON
+contract, becomes a ``FitResult`` message (a comparison's, a ``LikelihoodRatioTest``; a
+prediction's, a ``Prediction``; intervals, ``ConfidenceIntervals``) that also carries
+that JSON verbatim; job records become ``Job`` messages; Arrow tables become
+``ArrowBatch`` messages, each a self-contained IPC stream under a size cap.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sparsemm.v1 import sparsemm_pb2 as pb
 
 from .errors import invalid
 from .store import JobRecord
-from .task import CompareTask, FitTask, SourceRef
+from .task import CompareTask, ConfintTask, FitRef, FitTask, PredictTask, SourceRef
 
 MAX_FORMULA_CHARS = 10_000
 MAX_NAME_CHARS = 1_000
@@ -79,6 +80,10 @@ def fit_task(
     if len(model.weights) > MAX_NAME_CHARS:
         raise invalid("model.weights is too long", "model.weights")
     ordering = _word(pb.Ordering, model.ordering, "ORDERING_", "model.ordering") or "auto"
+    for name in ("satterthwaite", "icc"):
+        if getattr(outputs, name) and family != "gaussian":
+            message = f"outputs.{name} needs a linear mixed model (gaussian family)"
+            raise invalid(message, f"outputs.{name}")
     return FitTask(
         job_id=job_id,
         source=source,
@@ -95,6 +100,8 @@ def fit_task(
         ranef_out=written[0],
         fitted_out=written[1],
         output_root=written[2],
+        satterthwaite=outputs.satterthwaite,
+        icc=outputs.icc,
     )
 
 
@@ -115,7 +122,8 @@ def for_comparison(task: FitTask, field: str) -> FitTask:
     if task.family != "gaussian":
         message = "likelihood-ratio comparisons are of linear mixed models (gaussian family)"
         raise invalid(message, field)
-    return replace(task, reml=False, ranef=False, fitted=False, residual_quantiles=False)
+    return replace(task, reml=False, ranef=False, fitted=False, residual_quantiles=False,
+                   satterthwaite=False, icc=False)  # fmt: skip
 
 
 def job(rec: JobRecord) -> pb.Job:
@@ -131,12 +139,16 @@ def job(rec: JobRecord) -> pb.Job:
     )
     if isinstance(task, CompareTask):
         msg.models.extend(model_spec(f) for f in task.fits)
+    elif isinstance(task, (PredictTask, ConfintTask)):
+        msg.model.CopyFrom(model_spec(task.base.fit))
+        msg.fit_job_id = task.base.job_id
     else:
         msg.model.CopyFrom(model_spec(task))
         msg.outputs.CopyFrom(
             pb.OutputOptions(
                 ranef=task.ranef, fitted=task.fitted, residual_quantiles=task.residual_quantiles,
                 ranef_path=task.ranef_out, fitted_path=task.fitted_out,
+                satterthwaite=task.satterthwaite, icc=task.icc,
             )
         )  # fmt: skip
     if rec.error_code:
@@ -173,6 +185,7 @@ def fit_result(result_json: str, extras: dict[str, Any]) -> pb.FitResult:
                 estimate=_num(fe["estimate"]),
                 std_error=_num(fe["std_error"]),
                 statistic=_num(fe["statistic"]),
+                **{k: _num(v) for k, v in _set(fe, "df", "p_value").items()},
             )
             for fe in d["fixed_effects"]
         ],
@@ -203,6 +216,8 @@ def fit_result(result_json: str, extras: dict[str, Any]) -> pb.FitResult:
         msg.diagnostics.CopyFrom(_diagnostics(d["diagnostics"]))
     if "disclosure" in d:
         msg.disclosure.CopyFrom(_disclosure(d["disclosure"]))
+    if d.get("icc") is not None:
+        msg.icc.CopyFrom(_icc(d["icc"]))
     if "timings" in d:
         msg.timings.CopyFrom(
             pb.Timings(
@@ -227,6 +242,82 @@ def comparison(result_json: str) -> pb.LikelihoodRatioTest:
     return pb.LikelihoodRatioTest(
         small=line(d["small"]), big=line(d["big"]), chisq=_num(d["chisq"]), df=d["df"],
         p_value=_num(d["p"]), result_json=result_json,
+    )  # fmt: skip
+
+
+def fit_ref(job_id: str, task: FitTask, result_json: str, source: SourceRef) -> FitRef:
+    """A finished fit to refit on ``source`` (its own, resolved afresh): the summary only."""
+    d = json.loads(result_json)
+    fit = replace(task, source=source, ranef=False, fitted=False, residual_quantiles=False,
+                  ranef_out="", fitted_out="", output_root="", satterthwaite=False,
+                  icc=False)  # fmt: skip
+    return FitRef(job_id, fit, tuple(float(t) for t in d["theta"]), int(d["nobs"]))
+
+
+def predict_task(
+    job_id: str,
+    base: FitRef,
+    newdata: SourceRef,
+    request: pb.PredictRequest,
+    out_dir: str,
+    written: tuple[str, str] = ("", ""),
+) -> PredictTask:
+    """The worker's task for a PredictRequest; ``written``: (out path, output root)."""
+    re_form = request.re_form if request.HasField("re_form") else None
+    if re_form is not None and (not re_form.strip() or len(re_form) > MAX_FORMULA_CHARS):
+        raise invalid("re_form is empty or too long (unset it for every term)", "re_form")
+    return PredictTask(
+        job_id=job_id, base=base, newdata=newdata, re_form=re_form,
+        allow_new_levels=not request.refuse_new_levels, se_fit=request.se_fit,
+        out_dir=out_dir, out_path=written[0], output_root=written[1],
+    )  # fmt: skip
+
+
+def prediction(result_json: str) -> pb.Prediction:
+    """A prediction job's message from its JSON (``after_fit.run_predict``), kept verbatim."""
+    d = json.loads(result_json)
+    msg = pb.Prediction(
+        fit_job_id=d["fit_job_id"], rows=d["rows"], null_rows=d["null_rows"],
+        fit_method=_value(pb.Method, "METHOD_", d["fit_method"]), fit_nobs=d["fit_nobs"],
+        written_path=d["written"], withheld=d["withheld"], result_json=result_json,
+    )  # fmt: skip
+    if "disclosure" in d:
+        msg.disclosure.CopyFrom(_disclosure(d["disclosure"]))
+    return msg
+
+
+def confint_task(job_id: str, base: FitRef, request: pb.ConfidenceIntervalsRequest) -> ConfintTask:
+    method = _word(pb.IntervalMethod, request.method, "INTERVAL_METHOD_", "method") or "profile"
+    level = request.level or 0.95
+    if not 0.0 < level < 1.0:
+        raise invalid(f"level {level:g} is not between 0 and 1", "level")
+    parm = tuple(request.parameters)
+    if len(parm) > MAX_NAME_CHARS or any(not p or len(p) > MAX_NAME_CHARS for p in parm):
+        raise invalid("parameters: too many, or an empty or too long name", "parameters")
+    return ConfintTask(job_id, base, method, level, parm)
+
+
+def intervals(result_json: str, fit_job_id: str) -> pb.ConfidenceIntervals:
+    """Intervals' message from their JSON (``solver.confint``), kept verbatim."""
+    d = json.loads(result_json)
+    rows = [pb.Interval(parameter=r["parameter"], **_set(r, "estimate", "lower", "upper"))
+            for r in d["intervals"]]  # fmt: skip
+    return pb.ConfidenceIntervals(
+        fit_job_id=fit_job_id, method=_value(pb.IntervalMethod, "INTERVAL_METHOD_", d["method"]),
+        level=d["level"], fit_method=_value(pb.Method, "METHOD_", d["fit_method"]),
+        intervals=rows, messages=d["messages"], result_json=result_json,
+        **_set(d, "deviance"),
+    )  # fmt: skip
+
+
+def _icc(d: dict[str, Any]) -> pb.Icc:
+    def values(m: dict[str, Any]) -> list[pb.GroupValue]:
+        return [pb.GroupValue(group=g, value=_num(v)) for g, v in m.items()]
+
+    return pb.Icc(
+        var_fixed=_num(d["var_fixed"]), var_residual=_num(d["var_residual"]),
+        by_group=values(d["by_group"]), design_effect=values(d["design_effect"]),
+        note=d["note"] or "", **_set(d, "adjusted", "conditional", "var_random"),
     )  # fmt: skip
 
 

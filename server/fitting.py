@@ -18,7 +18,7 @@ from typing import Any
 
 from ..solver.results import json_safe
 from .disclosure import DisclosurePolicy
-from .task import FitTask
+from .task import FitTask, SourceRef
 
 
 class AdmissionRefused(Exception):
@@ -47,9 +47,13 @@ class Channel:
 
 def task_source(task: FitTask) -> Any:
     """What ``solver.prepare`` reads: a path, the upload spool, or a confined DuckDB."""
+    return source_of(task.source)
+
+
+def source_of(ref: SourceRef) -> Any:
+    """A confined source as the solver reads it (``task_source``)."""
     from .confined import sql_source, table_source
 
-    ref = task.source
     if ref.kind == "sql":
         os.chdir(ref.roots[0])  # relative paths in the query are under the first root
         return sql_source(ref.value, ref.roots)
@@ -98,6 +102,10 @@ def run_fit(
     extras["memory_estimate_bytes"] = memory.total_bytes
     timings["total_s"] = time.perf_counter() - started
     out = fitted.result.to_dict()
+    if task.satterthwaite or task.icc:
+        from sparsemm.solver.inference import add_inference
+
+        add_inference(out, fitted, task.satterthwaite, task.icc)
     if policy is not None:
         out["disclosure"] = policy.record(withheld[0], withheld[1], notes)
     out["timings"] = timings

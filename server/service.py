@@ -30,11 +30,12 @@ from .jobs import JobManager
 from .outputs import OutputRefused, OutputRoot
 from .paths import DataRoots
 from .store import SUCCEEDED, JobRecord
-from .task import CompareTask, FitTask, SourceRef
+from .task import CompareTask, ConfintTask, FitRef, FitTask, PredictTask, SourceRef
 
 log = logging.getLogger("sparsemm.server")
 F = TypeVar("F", bound=Callable[..., Any])
 MAX_PAGE = 1_000
+RESULT_FIELD = {"compare": "comparison", "predict": "prediction", "confint": "intervals"}
 
 
 def _unary(method: F) -> F:
@@ -132,6 +133,94 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
             task, name = self._compare_models(job_id, request)
         rec = self.jobs.submit(owner, name, task)
         yield from self._follow(rec, owner, context, pb.CompareModelsResponse)
+
+    # ------------------------------------------------------------ on finished fits
+
+    @_streaming
+    def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> Iterator[Any]:
+        owner = self.auth.caller(context)
+        if not request.source:
+            raise invalid("source is empty: name the new rows (or use PredictUpload)", "source")
+        base = self._fit_ref(owner, request.job_id, "predictions")
+        job_id = uuid.uuid4().hex
+        new, out_dir = self.roots.resolve(request.source), self.jobs.store.job_dir(job_id)
+        task = convert.predict_task(job_id, base, new, request, out_dir, self._out_path(request))
+        rec = self.jobs.submit(owner, request.source, task)
+        yield from self._follow_prediction(rec, owner, context)
+
+    @_streaming
+    def PredictUpload(
+        self, requests: Iterator[pb.PredictUploadRequest], context: grpc.ServicerContext
+    ) -> Iterator[Any]:
+        owner = self.auth.caller(context)
+        first = next(requests, None)
+        if first is None or first.WhichOneof("payload") != "header":
+            raise invalid("the first message of an upload must be its header", "header")
+        header = first.header
+        if header.source:
+            raise invalid("an upload's header names no source", "header.source")
+        base = self._fit_ref(owner, header.job_id, "predictions")
+        job_id = uuid.uuid4().hex
+        path = self.jobs.store.upload_path(job_id)
+        newdata, out_dir = SourceRef("upload", path), self.jobs.store.job_dir(job_id)
+        task = convert.predict_task(job_id, base, newdata, header, out_dir, self._out_path(header))
+        self.jobs.admit()
+        self._spool(requests, path, context)
+        rec = self.jobs.submit(owner, f"upload:{header.name[:200] or 'table'}", task)
+        yield from self._follow_prediction(rec, owner, context)
+
+    @_streaming
+    def ConfidenceIntervals(
+        self, request: pb.ConfidenceIntervalsRequest, context: grpc.ServicerContext
+    ) -> Iterator[Any]:
+        owner = self.auth.caller(context)
+        base = self._fit_ref(owner, request.job_id, "confidence intervals")
+        task = convert.confint_task(uuid.uuid4().hex, base, request)
+        rec = self.jobs.submit(owner, self.jobs.get(base.job_id, owner).source_name, task)
+        yield from self._follow(rec, owner, context, pb.ConfidenceIntervalsResponse)
+
+    def _follow_prediction(
+        self, rec: JobRecord, owner: str, context: grpc.ServicerContext
+    ) -> Iterator[Any]:
+        """The job's stream, then its predictions when kept for this call."""
+        yield from self._follow(rec, owner, context, pb.PredictResponse)
+        path = self.jobs.get(rec.job_id, owner).extras.get("predictions_path")
+        if path and os.path.exists(path):
+            for batch in convert.arrow_batches(path):
+                yield pb.PredictResponse(batch=batch)
+
+    def _fit_ref(self, owner: str, job_id: str, what: str) -> FitRef:
+        """A finished LMM fit job of the caller, to refit on its source (``after_fit``)."""
+        rec = self.jobs.get(_job_id(job_id), owner)
+        task = rec.task
+
+        def refuse(why: str) -> ServiceError:
+            message = f"job '{rec.job_id}' {why}: {what} need a linear mixed model fit"
+            return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message, "job_id")
+
+        if not isinstance(task, FitTask):
+            raise refuse("is not a fit")
+        if rec.state != SUCCEEDED or not rec.result_json:
+            raise refuse(f"is {rec.state.lower()}")
+        if task.family != "gaussian":
+            raise refuse(f"is a generalized linear mixed model ({task.family})")
+        if task.source.kind == "upload":
+            raise refuse("is a fit to uploaded data, which the server no longer holds")
+        return convert.fit_ref(
+            rec.job_id, task, rec.result_json, self.roots.resolve(rec.source_name)
+        )
+
+    def _out_path(self, request: pb.PredictRequest) -> tuple[str, str]:
+        """(where to write the predictions on the server, the output root), or ("", "")."""
+        if not request.out_path:
+            return ("", "")
+        if self.output_root is None:
+            message = "this server writes no tables: it was started without --output-root"
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message, "out_path")
+        try:
+            return self.output_root.target(request.out_path, "out_path"), self.output_root.path
+        except OutputRefused as exc:
+            raise ServiceError(code_named(exc.code), exc.message, exc.field) from None
 
     def _submit(self, owner: str, source: str, model: Any, outputs: Any) -> JobRecord:
         ref = self.roots.resolve(source)
@@ -287,8 +376,7 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
         rec = self.jobs.get(_job_id(request.job_id), self.auth.caller(context))
         out = pb.GetJobResponse(job=convert.job(rec))
         if rec.state == SUCCEEDED and rec.result_json:
-            field = "comparison" if isinstance(rec.task, CompareTask) else "result"
-            getattr(out, field).CopyFrom(self._result(rec))
+            getattr(out, RESULT_FIELD.get(rec.task.kind, "result")).CopyFrom(self._result(rec))
         return out
 
     @_streaming
@@ -300,7 +388,7 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
                 continue
             yield pb.WatchJobResponse(job=convert.job(payload))
             if kind == "final" and payload.state == SUCCEEDED and payload.result_json:
-                field = "comparison" if isinstance(payload.task, CompareTask) else "result"
+                field = RESULT_FIELD.get(payload.task.kind, "result")
                 yield pb.WatchJobResponse(**{field: self._result(payload)})
 
     @_unary
@@ -337,6 +425,10 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
         assert rec.result_json is not None
         if isinstance(rec.task, CompareTask):
             return convert.comparison(rec.result_json)
+        if isinstance(rec.task, PredictTask):
+            return convert.prediction(rec.result_json)
+        if isinstance(rec.task, ConfintTask):
+            return convert.intervals(rec.result_json, rec.task.base.job_id)
         extras = rec.extras
         if self.disclosure is not None and not self.disclosure.allow_row_outputs:
             extras = {k: v for k, v in extras.items() if k != "residual_quantiles"}

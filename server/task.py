@@ -1,6 +1,7 @@
 """What a worker process is asked to do: plain, picklable data (no grpc, no protobuf).
 
-The servicer turns a request into a ``FitTask`` or a ``CompareTask`` (``convert``), the
+The servicer turns a request into a ``FitTask``, a ``CompareTask`` or a task on a
+finished fit (``PredictTask``, ``ConfintTask``) (``convert``), the
 job manager hands it to a worker process (``worker``), and the store keeps it as JSON
 (``task_from_json``) so that a queued job can run again after a restart.
 """
@@ -45,6 +46,8 @@ class FitTask:
     ranef_out: str = ""  # or where it writes the conditional modes, under output_root
     fitted_out: str = ""  # and the fitted values (``outputs``)
     output_root: str = ""
+    satterthwaite: bool = False  # lmerTest's df and p-values (solver.inference.add_inference)
+    icc: bool = False
 
     kind = "fit"
 
@@ -88,11 +91,85 @@ class CompareTask:
         return json.dumps({"kind": self.kind, **asdict(self)})
 
 
-Task = FitTask | CompareTask
+@dataclass(frozen=True)
+class FitRef:
+    """A finished fit job, to be refitted on its source (resolved afresh): ``fit`` its
+    task, ``theta`` and ``nobs`` as the job kept them, against which the refit is checked
+    (a source that changed since the fit is refused)."""
+
+    job_id: str
+    fit: FitTask
+    theta: tuple[float, ...]
+    nobs: int
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> FitRef:
+        return FitRef(d["job_id"], FitTask.from_dict(d["fit"]), tuple(d["theta"]), d["nobs"])
+
+
+@dataclass(frozen=True)
+class PredictTask:
+    """Predictions of a refitted fit on new rows (``solver.predict``)."""
+
+    job_id: str
+    base: FitRef
+    newdata: SourceRef
+    re_form: str | None = None  # None: every random-effects term
+    allow_new_levels: bool = True
+    se_fit: bool = False
+    out_dir: str = ""  # where the worker keeps predictions.parquet for the call to stream
+    out_path: str = ""  # or where it writes them, under output_root
+    output_root: str = ""
+
+    kind = "predict"
+
+    @property
+    def spool(self) -> str | None:
+        return self.newdata.value if self.newdata.kind == "upload" else None
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, **asdict(self)})
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> PredictTask:
+        d = {k: v for k, v in d.items() if k != "kind"}
+        src = d.pop("newdata")
+        src["roots"] = tuple(src.get("roots", ()))
+        base = FitRef.from_dict(d.pop("base"))
+        return PredictTask(base=base, newdata=SourceRef(**src), **d)
+
+
+@dataclass(frozen=True)
+class ConfintTask:
+    """Confidence intervals of a refitted fit (``solver.confint``)."""
+
+    job_id: str
+    base: FitRef
+    method: str = "profile"  # profile | wald
+    level: float = 0.95
+    parm: tuple[str, ...] = ()  # empty: every parameter
+
+    kind = "confint"
+    spool = None
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, **asdict(self)})
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> ConfintTask:
+        return ConfintTask(d["job_id"], FitRef.from_dict(d["base"]), d["method"], d["level"],
+                           tuple(d["parm"]))  # fmt: skip
+
+
+Task = FitTask | CompareTask | PredictTask | ConfintTask
 
 
 def task_from_json(text: str) -> Task:
     d = json.loads(text)
+    if d.get("kind") == "predict":
+        return PredictTask.from_dict(d)
+    if d.get("kind") == "confint":
+        return ConfintTask.from_dict(d)
     if d.get("kind") != "compare":
         return FitTask.from_dict(d)
     a, b = (FitTask.from_dict(f) for f in d["fits"])

@@ -2,7 +2,8 @@
 
 Started with the ``spawn`` method, it imports the solver once and then loops:
 receive a task on its pipe (a ``FitTask``: ``fitting``; a ``CompareTask``:
-``comparison``), run it, send back progress messages and one final message.
+``comparison``; a ``PredictTask`` or ``ConfintTask``: ``after_fit``), run it, send back progress
+messages and one final message.
 Cancelling a job kills the process (the manager starts a new one), so a fit never
 runs on a gRPC thread and can always be stopped.
 
@@ -28,7 +29,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .disclosure import DisclosurePolicy
-from .task import CompareTask, Task
+from .task import CompareTask, ConfintTask, PredictTask, Task
 
 # the solver names its options as the CLI does; the service, as the request's fields
 REQUEST_FIELDS = {
@@ -38,6 +39,8 @@ REQUEST_FIELDS = {
     "link": "model.link",
     "weights": "model.weights",
     "models": "models",
+    "parm": "parameters",
+    "which": "parameters",
 }
 
 
@@ -76,6 +79,7 @@ def run_task(
 
     from sparsemm import solver
 
+    from .after_fit import SourceChanged, run_confint, run_predict
     from .comparison import run_comparison
     from .confined import AccessDenied
     from .disclosure import DisclosureRefused
@@ -86,11 +90,17 @@ def run_task(
     try:
         if isinstance(task, CompareTask):
             result_json, extras = run_comparison(task, channel, policy)
+        elif isinstance(task, PredictTask):
+            result_json, extras = run_predict(task, channel, policy)
+        elif isinstance(task, ConfintTask):
+            result_json, extras = run_confint(task, channel, policy)
         else:
             result_json, extras = run_fit(task, channel, policy)
         return ("done", result_json, extras)
     except AccessDenied as exc:
         return ("error", "PERMISSION_DENIED", str(exc), "source")
+    except SourceChanged as exc:
+        return ("error", "FAILED_PRECONDITION", str(exc), exc.field)
     except DisclosureRefused as exc:
         field = REQUEST_FIELDS.get(exc.field, exc.field)
         return ("error", "FAILED_PRECONDITION", str(exc), field)

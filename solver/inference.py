@@ -95,6 +95,24 @@ def likelihood_ratio(small: LMMFit, big: LMMFit) -> LikelihoodRatio:
     return compare(model_line(_ml(small)), model_line(_ml(big)), nobs)
 
 
+def add_inference(
+    out: dict[str, Any], fit: LMMFit, satterthwaite: bool, icc: bool
+) -> dict[str, Any]:
+    """A fit's JSON contract (``out``) with the inference asked for: lmerTest's ``df`` and
+    ``p_value`` on every fixed effect, performance::icc's ``icc`` object."""
+    from dataclasses import asdict
+
+    from .icc import icc as intraclass
+    from .satterthwaite import satterthwaite as t_tests
+
+    if satterthwaite:
+        for entry, test in zip(out["fixed_effects"], t_tests(fit)):
+            entry["df"], entry["p_value"] = test.df, test.p_value
+    if icc:
+        out["icc"] = asdict(intraclass(fit))
+    return out
+
+
 def wald_intervals(result: FitResult, level: float = 0.95) -> dict[str, tuple[float, float]]:
     """beta -/+ z SE for every fixed effect (lme4's confint(method = "Wald"))."""
     z = float(stats.norm.ppf(0.5 + level / 2))

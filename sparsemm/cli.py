@@ -109,6 +109,7 @@ def _fit_remote(args: argparse.Namespace) -> int:
                     family=args.family, link=args.link, ordering=args.ordering,
                     ranef=bool(args.ranef), fitted=bool(args.fitted),
                     residual_quantiles=args.format == "text", progress=prog.event,
+                    satterthwaite=args.satterthwaite, icc=args.icc,
                 )  # fmt: skip
             if args.ranef:
                 pq.write_table(fit.ranef(), args.ranef)

@@ -123,7 +123,10 @@ def test_fit_text_has_lmertest_columns_and_the_icc(capsys) -> None:
     ("extra", "fragment"),
     [
         (["--family", "poisson", "--icc"], "--icc needs a linear mixed model"),
-        (["--server", "127.0.0.1:1", "--satterthwaite"], "--satterthwaite is not available"),
+        (
+            ["--server", "127.0.0.1:1", "--family", "binomial", "--satterthwaite"],
+            "--satterthwaite needs a linear mixed model",
+        ),
     ],
 )
 def test_fit_inference_flags_bad_input(capsys, extra: list[str], fragment: str) -> None:

@@ -84,7 +84,7 @@ def test_plot_svg(capsys, tmp_path: Path) -> None:
     [
         (["confint", "--level", "1.5"], "--level 1.5: must be between 0 and 1"),
         (["confint", "--parm", "nope"], "no parameter 'nope'"),
-        (["confint", "--method", "wald", "--parm", "nope"], "--parm nope: no such parameter"),
+        (["confint", "--method", "wald", "--parm", "nope"], "parm nope: no such parameter"),
         (["plot", "trace", "--out", "x.jpg"], "must end in .png or .svg"),
         (["plot", "caterpillar", "--out", "x.png", "--top", "0"], "--top 0: must be at least 1"),
         (["plot", "trace", "--out", "/no/such/dir/x.png"], "No such file or directory"),

@@ -3,6 +3,7 @@ outputs withheld and said so in the result, oversaturated designs refused."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,3 +108,11 @@ def test_jobs_from_before_the_policy_and_allowed_row_outputs(tmp_path: Path, roo
             "ranef_withheld": [], "withheld": [], "notes": [],
         }  # fmt: skip
         assert now.ranef().num_rows == 36
+
+
+def test_row_level_predictions_withheld_and_stated(client: Client) -> None:
+    job = client.fit(FORMULA, "sleepstudy.parquet", ranef=False).job_id
+    table = client.predict(job, "sleepstudy.parquet")
+    account = json.loads(table.schema.metadata[b"sparsemm.prediction"])
+    assert table.num_rows == 0 and account["withheld"] and account["rows"] == 0
+    assert account["disclosure"]["withheld"] == ["predictions per row"]

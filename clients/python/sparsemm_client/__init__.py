@@ -12,19 +12,22 @@ Errors from the server are raised as ``SparsemmError`` (``code``, ``message``,
 
 from .anova import format_anova
 from .client import Client, ipc_chunks, model_spec
+from .confint import format_confint
 from .errors import SparsemmError
-from .result import Anova, FitResult, Job, JobError, Progress
+from .result import Anova, ConfidenceIntervals, FitResult, Job, JobError, Progress
 from .summary import format_summary
 
 __all__ = [
     "Anova",
     "Client",
+    "ConfidenceIntervals",
     "FitResult",
     "Job",
     "JobError",
     "Progress",
     "SparsemmError",
     "format_anova",
+    "format_confint",
     "format_summary",
     "ipc_chunks",
     "model_spec",

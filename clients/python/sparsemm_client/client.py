@@ -23,7 +23,7 @@ from sparsemm.v1 import sparsemm_pb2 as pb
 from sparsemm.v1 import sparsemm_pb2_grpc as pb_grpc
 
 from .errors import SparsemmError
-from .result import Anova, FitResult, Job, Progress
+from .result import Anova, ConfidenceIntervals, FitResult, Job, Progress
 
 ProgressCallback = Callable[[Progress], None]
 R = TypeVar("R")
@@ -74,10 +74,13 @@ def output_options(
     residual_quantiles: bool,
     ranef_path: str | None = None,
     fitted_path: str | None = None,
+    satterthwaite: bool = False,
+    icc: bool = False,
 ) -> pb.OutputOptions:
     return pb.OutputOptions(
         ranef=ranef, fitted=fitted, residual_quantiles=residual_quantiles,
         ranef_path=ranef_path or "", fitted_path=fitted_path or "",
+        satterthwaite=satterthwaite, icc=icc,
     )  # fmt: skip
 
 
@@ -143,15 +146,19 @@ class Client:
         name: str | None = None,
         ranef_path: str | None = None,
         fitted_path: str | None = None,
+        satterthwaite: bool = False,
+        icc: bool = False,
     ) -> FitResult:
         """Fit on the server and wait for the result (cancelled if this call is).
 
         ``ranef_path``/``fitted_path``: write that table to this Parquet path on the
         server (under its ``--output-root``) instead of keeping it for ``ranef()`` /
-        ``fitted()``; ``result.written`` says where it went.
+        ``fitted()``; ``result.written`` says where it went.  ``satterthwaite``: lmerTest's
+        df and p-value of every fixed effect; ``icc``: performance::icc (LMMs only).
         """
         model = model_spec(formula, ml, weights, family, link, ordering)
-        outputs = output_options(ranef, fitted, residual_quantiles, ranef_path, fitted_path)
+        outputs = output_options(ranef, fitted, residual_quantiles, ranef_path, fitted_path,
+                                 satterthwaite, icc)  # fmt: skip
         if isinstance(data, str):
             request = pb.FitRequest(source=data, model=model, outputs=outputs)
             call = self._stub.Fit(request, timeout=timeout, metadata=self._metadata)
@@ -188,12 +195,95 @@ class Client:
         call = self._stub.CompareModels(request, timeout=timeout, metadata=self._metadata)
         return self._follow(call, progress, Anova)
 
+    def predict(
+        self,
+        job_id: str,
+        newdata: Any,
+        *,
+        re_form: str | None = None,
+        allow_new_levels: bool = True,
+        se_fit: bool = False,
+        out_path: str | None = None,
+        progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        name: str | None = None,
+    ) -> pa.Table:
+        """lme4's ``predict(m, newdata, re.form, allow.new.levels)`` of a finished LMM fit
+        job: columns ``fit`` (and ``se_fit``), one row per new row, null where a row has
+        missing values.  ``newdata``: a server-side source or a table to upload (as for
+        ``fit``).  ``re_form``: None (every term), "NA" (none) or e.g. "~(1 | Subject)".
+
+        The server refits the job's model on its source.  ``out_path``: write the
+        predictions to this Parquet path on the server instead; the table returned is
+        then empty.  Its schema metadata ``b"sparsemm.prediction"`` holds the server's
+        account (JSON: rows, null_rows, written, withheld, disclosure, ...); under the
+        server's disclosure control row-level predictions are withheld (``withheld``).
+        """
+        request = pb.PredictRequest(
+            job_id=job_id, refuse_new_levels=not allow_new_levels, se_fit=se_fit,
+            out_path=out_path or "", **({} if re_form is None else {"re_form": re_form}),
+        )  # fmt: skip
+        if isinstance(newdata, str):
+            request.source = newdata
+            call = self._stub.Predict(request, timeout=timeout, metadata=self._metadata)
+        else:
+            request.name = name or "table"
+            requests = self._upload(request, _reader(newdata), pb.PredictUploadRequest)
+            call = self._stub.PredictUpload(requests, timeout=timeout, metadata=self._metadata)
+        return self._prediction(call, progress)
+
+    def confint(
+        self,
+        job_id: str,
+        method: str = "profile",
+        level: float = 0.95,
+        parm: list[str] | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+    ) -> ConfidenceIntervals:
+        """lme4's ``confint(m, method = "profile" | "Wald", level, parm)`` of a finished LMM
+        fit job (its model refitted on the server): rows ``.sig01``, ..., ``.sigma``, then
+        the fixed effects."""
+        request = pb.ConfidenceIntervalsRequest(
+            job_id=job_id, level=level, parameters=parm or [],
+            method=_enum(pb.IntervalMethod, "INTERVAL_METHOD_", method, "method"),
+        )  # fmt: skip
+        call = self._stub.ConfidenceIntervals(request, timeout=timeout, metadata=self._metadata)
+        return self._follow(call, progress, lambda m, j, _: ConfidenceIntervals(m, j))
+
+    def _prediction(self, call: Any, progress: ProgressCallback | None) -> pa.Table:
+        """A prediction's stream: job, progress, the result, then the batches."""
+        result: Any = None
+        batches: list[pa.RecordBatch] = []
+        try:
+            for response in call:
+                kind = response.WhichOneof("event")
+                if kind == "progress" and progress is not None:
+                    progress(Progress.from_proto(response.progress))
+                elif kind == "result":
+                    result = response.result
+                elif kind == "batch":
+                    batches.extend(pa.ipc.open_stream(response.batch.data))
+        except grpc.RpcError as err:
+            raise SparsemmError.from_rpc(err) from None
+        except BaseException:
+            call.cancel()
+            raise
+        if result is None:
+            raise SparsemmError(grpc.StatusCode.UNKNOWN, "the server ended without a result")
+        meta = {b"sparsemm.prediction": result.result_json.encode()}
+        if not batches:
+            return pa.table({"fit": pa.array([], pa.float64())}).replace_schema_metadata(meta)
+        return pa.Table.from_batches(batches).replace_schema_metadata(meta)
+
     def _upload(
-        self, header: pb.UploadHeader, reader: pa.RecordBatchReader
-    ) -> Iterator[pb.FitUploadRequest]:
-        yield pb.FitUploadRequest(header=header)
+        self, header: Any, reader: pa.RecordBatchReader, message: Any = pb.FitUploadRequest
+    ) -> Iterator[Any]:
+        """``message``s: the header, then the Arrow IPC stream in chunks."""
+        yield message(header=header)
         for chunk in ipc_chunks(reader, self.chunk_bytes):
-            yield pb.FitUploadRequest(arrow_ipc_chunk=chunk)
+            yield message(arrow_ipc_chunk=chunk)
 
     def _follow(
         self, call: Any, progress: ProgressCallback | None, make: Callable[[Any, str, str], R]
@@ -233,24 +323,29 @@ class Client:
         residual_quantiles: bool = True,
         ranef_path: str | None = None,
         fitted_path: str | None = None,
+        satterthwaite: bool = False,
+        icc: bool = False,
     ) -> Job:
         """Start a fit on a server-side source as a job that outlives this call."""
+        outputs = output_options(ranef, fitted, residual_quantiles, ranef_path, fitted_path,
+                                 satterthwaite, icc)  # fmt: skip
         request = pb.SubmitJobRequest(
-            source=source,
-            model=model_spec(formula, ml, weights, family, link, ordering),
-            outputs=output_options(ranef, fitted, residual_quantiles, ranef_path, fitted_path),
-        )
+            source=source, model=model_spec(formula, ml, weights, family, link, ordering),
+            outputs=outputs,
+        )  # fmt: skip
         return Job.from_proto(self._unary(self._stub.SubmitJob, request).job)
 
     def job(self, job_id: str) -> Job:
         return Job.from_proto(self._unary(self._stub.GetJob, pb.GetJobRequest(job_id=job_id)).job)
 
-    def result(self, job_id: str) -> FitResult | Anova:
-        """The result of a job that succeeded: a fit's, or a comparison's test
-        (FAILED_PRECONDITION-like error otherwise)."""
+    def result(self, job_id: str) -> FitResult | Anova | ConfidenceIntervals:
+        """The result of a job that succeeded: a fit's, a comparison's test, or confidence
+        intervals (FAILED_PRECONDITION-like error otherwise)."""
         response = self._unary(self._stub.GetJob, pb.GetJobRequest(job_id=job_id))
         if response.HasField("comparison"):
             return Anova(response.comparison, job_id, response.job.source)
+        if response.HasField("intervals"):
+            return ConfidenceIntervals(response.intervals, job_id)
         if not response.HasField("result"):
             job = Job.from_proto(response.job)
             raise _job_error(job)
@@ -258,8 +353,9 @@ class Client:
 
     def wait(
         self, job_id: str, progress: ProgressCallback | None = None, timeout: float | None = None
-    ) -> FitResult | Anova:
-        """Watch a job to its end; its result, or its error raised."""
+    ) -> FitResult | Anova | ConfidenceIntervals:
+        """Watch a job to its end; its result, or its error raised (a prediction job's
+        predictions come back from the ``predict`` call itself)."""
         job = None
         try:
             call = self._stub.WatchJob(
@@ -275,6 +371,8 @@ class Client:
                     return FitResult(response.result, job_id, self, job.source if job else "")
                 elif kind == "comparison":
                     return Anova(response.comparison, job_id, job.source if job else "")
+                elif kind == "intervals":
+                    return ConfidenceIntervals(response.intervals, job_id)
         except grpc.RpcError as err:
             raise SparsemmError.from_rpc(err) from None
         if job is None:

@@ -12,6 +12,7 @@ import pyarrow as pa
 from sparsemm.v1 import sparsemm_pb2 as pb
 
 from .anova import format_anova
+from .confint import format_confint
 from .summary import format_summary
 
 if TYPE_CHECKING:
@@ -35,7 +36,8 @@ class Job:
     started_unix: float | None
     finished_unix: float | None
     error: JobError | None
-    kind: str = "FIT"  # FIT | COMPARE
+    kind: str = "FIT"  # FIT | COMPARE | PREDICT
+    fit_job_id: str = ""  # a prediction's fit
 
     @property
     def done(self) -> bool:
@@ -56,7 +58,8 @@ class Job:
             started_unix=msg.started_unix or None,
             finished_unix=msg.finished_unix or None,
             error=error,
-            kind="COMPARE" if compare else "FIT",
+            kind=pb.JobKind.Name(msg.kind).removeprefix("JOB_KIND_").replace("UNSPECIFIED", "FIT"),
+            fit_job_id=msg.fit_job_id,
         )
 
 
@@ -207,3 +210,35 @@ class Anova:
 
     def __repr__(self) -> str:
         return f"<sparsemm Anova chisq={self.chisq:.6g} df={self.df} p={self.p:.4g}>"
+
+
+class ConfidenceIntervals:
+    """lme4's ``confint(m, method, level)`` of a fit job: one row per parameter (``.sig01``,
+    ..., ``.sigma``, the fixed effects) with ``estimate``, ``lower``, ``upper`` (None where
+    there is no bound); ``to_dict()`` is the JSON ``sparsemm confint --format json``
+    prints, ``table()`` its text."""
+
+    def __init__(self, message: pb.ConfidenceIntervals, job_id: str) -> None:
+        self.message = message
+        self.job_id = job_id
+        self.fit_job_id = message.fit_job_id
+        d = json.loads(message.result_json)
+        self.method: str = d["method"]
+        self.level: float = d["level"]
+        self.rows: list[dict[str, Any]] = d["intervals"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(json.loads(self.message.result_json))
+
+    def to_json(self) -> str:
+        return str(self.message.result_json)
+
+    def table(self) -> str:
+        return format_confint(self.to_dict())
+
+    def bounds(self) -> dict[str, tuple[float | None, float | None]]:
+        """{parameter: (lower, upper)}."""
+        return {r["parameter"]: (r["lower"], r["upper"]) for r in self.rows}
+
+    def __repr__(self) -> str:
+        return f"<sparsemm ConfidenceIntervals {self.method} {self.level:g} job={self.job_id}>"
