@@ -32,7 +32,8 @@ from scipy.linalg import lapack
 from sksparse.cholmod import CholmodNotPositiveDefiniteError, analyze
 
 MAX_DENSE_SCHUR = 6000
-DENSE_THREADS_FROM = 2500  # below, one thread: 2 spinning BLAS threads on a busy 2-core machine cost 4-10x
+# below, one thread: two spinning BLAS threads on a busy 2-core machine cost 4-10x
+DENSE_THREADS_FROM = 2500
 
 
 class CholmodFactor:
