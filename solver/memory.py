@@ -47,6 +47,11 @@ PAIR_GUESS = 8  # iterative path: cluster-block pairs per non-zero of A21 (EHR d
 ITERATIVE_COLUMNS = 130  # probes + deflation space + PCG right-hand sides
 ITERATIVE_COPIES = 10  # Lanczos/PCG vectors of the trailing size alive at once
 MB = 2**20
+# Every fit, however small: the data pass's Arrow batches and their numpy copies, the
+# formula's design objects, the result and its JSON, and what the allocator keeps of
+# them.  Measured: a worker's RSS rose ~43 MB over its warm idle state per small fit
+# (benchmarks/results/service-load-20261123-173513.md: +86 MB with 2 workers).
+FIT_OVERHEAD_BYTES = 48 * MB
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,8 @@ class MemoryEstimate:
 
     @property
     def total_bytes(self) -> int:
-        return self.crossproducts_bytes + self.factor_bytes + self.rows_bytes
+        parts = self.crossproducts_bytes + self.factor_bytes + self.rows_bytes
+        return FIT_OVERHEAD_BYTES + parts
 
     def describe(self) -> str:
         """One line: the total and its parts, e.g. for an admission refusal."""
@@ -80,6 +86,7 @@ class MemoryEstimate:
                  f"{self.crossproducts_bytes / MB:,.0f} MB"]  # fmt: skip
         if self.rows_bytes:
             parts.append(f"model rows: {self.rows_bytes / MB:,.0f} MB")
+        parts.append(f"per-fit overhead: {FIT_OVERHEAD_BYTES / MB:,.0f} MB")
         return f"~{self.total_bytes / MB:,.0f} MB ({'; '.join(parts)})"
 
 

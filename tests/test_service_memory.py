@@ -16,7 +16,7 @@ import pytest
 from sparsemm import solver
 from sparsemm.server import ConfigError, ServerConfig, SparseMMServer
 from sparsemm.server.admission import MemoryBudget
-from sparsemm.solver.memory import MB, estimate, symbolic_nnz_L
+from sparsemm.solver.memory import FIT_OVERHEAD_BYTES, MB, estimate, symbolic_nnz_L
 from sparsemm_client import Client, Progress, SparsemmError
 from tests.service_helpers import CODE, FORMULA, SLOW_FORMULA, config, data_root, running, wait_for
 
@@ -34,7 +34,7 @@ def test_estimate_follows_the_factor_the_fit_uses() -> None:
     data = solver.prepare(CROSSED, _crossed())
     schur = estimate(data)
     assert schur.factor == "dense Schur complement" and schur.n2 == 600 and schur.q == 1600
-    assert 6 * 8 * 600**2 <= schur.total_bytes < 30 * MB
+    assert FIT_OVERHEAD_BYTES + 6 * 8 * 600**2 <= schur.total_bytes < FIT_OVERHEAD_BYTES + 30 * MB
     assert "600 x 600" in schur.describe() and schur.describe().startswith("~")
     sparse = estimate(data, ordering="metis")  # CHOLMOD: nnz(L) from symbolic analysis
     model = solver.LinearMixedModel(data, ordering="metis")
@@ -94,7 +94,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     base = tmp_path_factory.mktemp("memory")
     root = data_root(base)
     pq.write_table(_crossed(), root / "crossed.parquet")
-    cfg = config(root, base / "s.duckdb", None, workers=2, memory_budget_bytes=130 * MB)
+    cfg = config(root, base / "s.duckdb", None, workers=2, memory_budget_bytes=190 * MB)
     with running(cfg) as target, Client(target) as c:
         yield c
 
@@ -102,19 +102,19 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
 def test_a_fit_beyond_the_budget_is_refused(client: Client) -> None:
     events: list[Progress] = []
     small = client.fit(FORMULA, "sleepstudy.parquet", progress=events.append)
-    assert 0 < small.message.memory_estimate_bytes < MB
+    assert FIT_OVERHEAD_BYTES < small.message.memory_estimate_bytes < FIT_OVERHEAD_BYTES + MB
     (admitted,) = [e for e in events if e.kind == "memory"]
-    assert not admitted.waiting and admitted.budget_bytes == 130 * MB
+    assert not admitted.waiting and admitted.budget_bytes == 190 * MB
     big = "y ~ x + (1 + x | a) + (1 + x | b) + (1 | c)"  # a 3,100-column dense block
     with pytest.raises(SparsemmError) as err:
         client.fit(big, "slow.parquet")
     assert err.value.code == CODE.RESOURCE_EXHAUSTED
-    assert "130 MB" in err.value.message and "dense Schur block" in err.value.message
+    assert "190 MB" in err.value.message and "dense Schur block" in err.value.message
     assert client.health() == "SERVING"
 
 
 def test_fits_wait_for_memory_and_leave_the_wait_when_cancelled(client: Client) -> None:
-    hog = client.submit(SLOW_FORMULA, "slow.parquet")  # ~126 MB of the 130 MB budget
+    hog = client.submit(SLOW_FORMULA, "slow.parquet")  # ~174 MB of the 190 MB budget
     hogging: list[Progress] = []
     threading.Thread(target=_quietly, args=(client, hog.job_id, hogging.append)).start()
     wait_for(lambda: any(e.kind == "memory" for e in hogging), timeout=20)  # admitted
