@@ -42,8 +42,10 @@ LANCZOS_MAX = 60  # Lanczos steps at most (A~ is well conditioned: ~10-20 suffic
 LANCZOS_TOL = 1e-12  # stop when every probe's quadrature moves less than this
 CG_TOL = 1e-12  # relative residual of the PCG solves
 CG_MAXIT = 1000
-DEFLATE_WIDTH = 8  # block Krylov deflation: starting vectors
-DEFLATE_ROUNDS = 3  # and powers of A~ (a space of width x (rounds + 1))
+# block Krylov deflation (starting vectors, powers of A~): the first of these whose
+# Monte Carlo standard error at the first theta is within SE_TARGET is kept for the fit
+DEFLATIONS = ((8, 3), (16, 5), (32, 5), (32, 8), (64, 8))
+SE_TARGET = 3e-4  # of log|M|: the objective within 1e-3 at ~3 standard errors
 MAX_CLUSTER = 400  # largest preconditioner block
 SEED = 20240601
 
@@ -152,12 +154,14 @@ class SchurOperator:
         self._within = _within_pairs(self.A21, self.A22, self.clusters)
         rng = np.random.default_rng(SEED)
         self.Z = rng.choice(np.array([-1.0, 1.0]), size=(self.n2, probes))
-        self.Y0 = rng.standard_normal((self.n2, DEFLATE_WIDTH))
+        self.Y0 = rng.standard_normal((self.n2, max(w for w, _ in DEFLATIONS)))
+        self.deflation: tuple[int, int] | None = None  # chosen at the first logdet
         self.cg_iterations = 0
 
     @property
     def deflation_width(self) -> int:
-        return min(self.n2, DEFLATE_WIDTH * (DEFLATE_ROUNDS + 1))
+        width, rounds = self.deflation or DEFLATIONS[0]
+        return min(self.n2, width * (rounds + 1))
 
     @property
     def nblocks(self) -> int:
@@ -243,8 +247,21 @@ class SchurOperator:
         """log|M| = sum log d + log|P| + tr f(A~): the part on a deflation space W
         (block Krylov from fixed vectors: it catches the few outlying eigenvalues of A~
         that carry most of the variance) by Lanczos quadrature from W's columns, the rest
-        by Hutchinson on (I - W W') z (unbiased whatever W is)."""
-        W = self._deflation_space()
+        by Hutchinson on (I - W W') z (unbiased whatever W is).  The deflation is chosen
+        once, at the first theta (``DEFLATIONS``, ``SE_TARGET``), then kept: the
+        estimate stays a deterministic function of theta."""
+        if self.deflation is not None:
+            return self._logdet(self.deflation)
+        for choice in DEFLATIONS:
+            ld = self._logdet(choice)
+            if ld.std_error <= SE_TARGET or self.deflation_width >= self.n2:
+                break
+        self.deflation = choice
+        return ld
+
+    def _logdet(self, deflation: tuple[int, int]) -> LogDet:
+        self.deflation = deflation
+        W = self._deflation_space(*deflation)
         self.W = W
         on_w, steps_w = _lanczos_quadrature(self._tilde, W)
         Zq = self.Z - W @ (W.T @ self.Z)
@@ -255,12 +272,11 @@ class SchurOperator:
         value = float(np.sum(np.log(self.d))) + self.logdet_P + trace
         return LogDet(value, se, m, max(steps, steps_w))
 
-    def _deflation_space(self) -> np.ndarray:
+    def _deflation_space(self, width: int, rounds: int) -> np.ndarray:
         """Orthonormal basis of [Y, A~Y, ..., A~^r Y] for fixed random Y (n2 x width)."""
-        width = min(DEFLATE_WIDTH, self.n2)
-        Y = self.Y0[:, :width]
+        Y = self.Y0[:, : min(width, self.n2)]
         blocks = [Y]
-        for _ in range(DEFLATE_ROUNDS):
+        for _ in range(rounds):
             Q, _ = np.linalg.qr(blocks[-1])
             blocks.append(self._tilde(Q))
         W, _ = np.linalg.qr(np.column_stack(blocks))
