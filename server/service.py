@@ -102,10 +102,7 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
         self, requests: Iterator[pb.FitUploadRequest], context: grpc.ServicerContext
     ) -> Iterator[Any]:
         owner = self.auth.caller(context)
-        first = next(requests, None)
-        if first is None or first.WhichOneof("payload") != "header":
-            raise invalid("the first message of an upload must be its header", "header")
-        header = first.header
+        header = _upload_header(requests)
         job_id = uuid.uuid4().hex
         path = self.jobs.store.upload_path(job_id)
         task = convert.fit_task(
@@ -153,10 +150,7 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
         self, requests: Iterator[pb.PredictUploadRequest], context: grpc.ServicerContext
     ) -> Iterator[Any]:
         owner = self.auth.caller(context)
-        first = next(requests, None)
-        if first is None or first.WhichOneof("payload") != "header":
-            raise invalid("the first message of an upload must be its header", "header")
-        header = first.header
+        header = _upload_header(requests)
         if header.source:
             raise invalid("an upload's header names no source", "header.source")
         base = self._fit_ref(owner, header.job_id, "predictions")
@@ -488,3 +482,11 @@ class SparseMMServicer(pb_grpc.SparseMMServiceServicer):
                 "withheld by the server's disclosure control",
                 "job_id",
             )
+
+
+def _upload_header(requests: Iterator[Any]) -> Any:
+    """The header an upload stream must open with (the rest are its Arrow chunks)."""
+    first = next(requests, None)
+    if first is None or first.WhichOneof("payload") != "header":
+        raise invalid("the first message of an upload must be its header", "header")
+    return first.header

@@ -13,11 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from .pls import PLS, PLSSolution, ThetaMap
+from .pls_iterative import IterativePLS
 
 CHUNK_COLUMNS = 1024
 
 
-def conditional_variances(pls: PLS, tmap: ThetaMap, sol: PLSSolution) -> np.ndarray:
+def conditional_variances(pls: PLS | IterativePLS, tmap: ThetaMap, sol: PLSSolution) -> np.ndarray:
     """diag(Lambda M^-1 Lambda') in Z's column order (multiply by sigma^2)."""
     layout = tmap.layout
     out = np.empty(layout.q)

@@ -124,6 +124,17 @@ def _batched(label: np.ndarray) -> Clusters:
 
 
 @dataclass(frozen=True)
+class _ApproxInverse:
+    """What ``level_blocks`` needs at one theta (see there)."""
+
+    Hm: np.ndarray  # H^-1 - I on the deflation space
+    G: np.ndarray  # C^-T W
+    Pinv: list[np.ndarray]  # P_c^-1 per batch
+    Q: np.ndarray  # A12 Lambda_2 G (n1 x r)
+    quad_P: np.ndarray  # a_s' Lambda_2 P^-1 Lambda_2' a_s per level of the first term
+
+
+@dataclass(frozen=True)
 class LogDet:
     """log|M| by stochastic Lanczos quadrature, with its Monte Carlo standard error."""
 
@@ -156,6 +167,7 @@ class SchurOperator:
         self.Z = rng.choice(np.array([-1.0, 1.0]), size=(self.n2, probes))
         self.Y0 = rng.standard_normal((self.n2, max(w for w, _ in DEFLATIONS)))
         self.deflation: tuple[int, int] | None = None  # chosen at the first logdet
+        self._approx: _ApproxInverse | None = None  # per theta, for level_blocks
         self.cg_iterations = 0
 
     @property
@@ -171,7 +183,51 @@ class SchurOperator:
         return None
 
     def level_blocks(self, off: int, p: int, levels: np.ndarray) -> np.ndarray:
-        raise NotImplementedError("conditional variances are not available on the iterative path")
+        """Approximate diagonal blocks of M^-1 (for conditional variances): with the
+        deflation space W of ``logdet`` and H = W'A~W,
+
+            A~^-1 ~ I + W (H^-1 - I) W'       (exact on W, A~ taken as I beyond it)
+            S^-1  ~ P^-1 + G (H^-1 - I) G',   G = C^-T W
+            (M^-1)_ss = 1/d_s + v_s' S^-1 v_s,   v_s = theta_1 Lambda_2' A21 e_s / d_s
+
+        with v_s' P^-1 v_s from the cluster pair map (P is block diagonal).  The remainder
+        (A~^-1 - the above) is neglected: the fit says the SDs are approximate."""
+        ap = self._approx_inverse()
+        if off < self.n1:  # the first term (scalar)
+            scale = self.theta1 / self.d[levels]
+            corr = np.einsum("lr,rs,ls->l", ap.Q[levels], ap.Hm, ap.Q[levels])
+            value = 1.0 / self.d[levels] + scale**2 * (ap.quad_P[levels] + corr)
+            return value[:, None, None]
+        idx = off - self.n1 + levels[:, None] * p + np.arange(p)[None, :]
+        w = self._within
+        b, slot, pos = w.batch_of[idx], w.slot[idx], w.pos_in[idx]
+        out = np.empty((len(levels), p, p))
+        for a in range(p):
+            for c in range(p):
+                out[:, a, c] = [ap.Pinv[bb][ss, pa, pc] for bb, ss, pa, pc in
+                                zip(b[:, a], slot[:, a], pos[:, a], pos[:, c])]  # fmt: skip
+        Gl = ap.G[idx]  # (levels, p, r)
+        return out + np.einsum("lar,rs,lcs->lac", Gl, ap.Hm, Gl)
+
+    def _approx_inverse(self) -> _ApproxInverse:
+        if self._approx is None:
+            W = self.W
+            H = W.T @ self._tilde(W)
+            lam, U = np.linalg.eigh(0.5 * (H + H.T))
+            Hm = (U / lam) @ U.T - np.eye(len(lam))
+            G = self._blocks(W, True)  # C^-T W
+            Pinv = [np.matmul(np.transpose(Ci, (0, 2, 1)), Ci) for Ci in self.Cinv]
+            Q = np.asarray(self.A12 @ (self.lam2 @ G))  # (G' Lambda_2' A21)'
+            quad = np.zeros(self.n1)
+            for cols, Pi, Gmap in zip(self.clusters.batches, Pinv, self._within.maps):
+                lam_b = _dense_blocks(self.lam2, cols)
+                LPL = np.matmul(np.transpose(lam_b, (0, 2, 1)), np.matmul(Pi, lam_b))
+                twice = 2.0 * LPL
+                idx = np.arange(cols.shape[1])
+                twice[:, idx, idx] = LPL[:, idx, idx]  # off-diagonal pairs are stored once
+                quad += Gmap.T @ twice.reshape(-1)
+            self._approx = _ApproxInverse(Hm, G, Pinv, Q, quad)
+        return self._approx
 
     # -- per theta -------------------------------------------------------------------
     def update(self, theta1: float, lam2: sp.csc_matrix) -> None:
@@ -181,6 +237,7 @@ class SchurOperator:
         self.lam2 = lam2.tocsr()
         self.lam2t = lam2.T.tocsr()
         self.Cinv = self._block_factors()
+        self._approx = None
 
     def _block_factors(self) -> list[np.ndarray]:
         """C_c^-1 for every cluster block P_c = S[c, c] = C_c C_c'; log|P| kept."""

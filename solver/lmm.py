@@ -128,17 +128,24 @@ class LinearMixedModel:
             checks.append(Diagnostic("optimizer", "warning", opt.status))
         sol = self.solve(theta)
         if isinstance(sol, IterativeSolution):
-            checks.append(_logdet_error(sol))
+            checks.extend(_iterative_notes(sol))
         result = build_result(self, sol, checks, opt.evaluations, optimizer)
         return LMMFit(self, sol, result, time.perf_counter() - started)
 
 
-def _logdet_error(sol: IterativeSolution) -> Diagnostic:
-    return Diagnostic(
-        "logdet_mc_error", "info",
-        f"log|L|^2 by stochastic Lanczos quadrature: Monte Carlo standard error "
-        f"{sol.logdet_se:.2g} (in the objective)", value=sol.logdet_se,
-    )  # fmt: skip
+def _iterative_notes(sol: IterativeSolution) -> list[Diagnostic]:
+    return [
+        Diagnostic(
+            "logdet_mc_error", "info",
+            f"log|L|^2 by stochastic Lanczos quadrature: Monte Carlo standard error "
+            f"{sol.logdet_se:.2g} (in the objective)", value=sol.logdet_se,
+        ),
+        Diagnostic(
+            "condvar_approximate", "info",
+            "conditional SDs are approximate on the iterative path (preconditioner and "
+            "deflation space exact, the rest of the inverse neglected)",
+        ),
+    ]  # fmt: skip
 
 
 def make_pls(data: ModelData, tmap: ThetaMap, ordering: str) -> PLS | IterativePLS:
@@ -198,9 +205,8 @@ class LMMFit:
         self._refresh()
         _, b = self.model.pls.modes(self.sol)
         var = None
-        pls = self.model.pls
-        if cond_var and isinstance(pls, PLS):  # (not available on the iterative path yet)
-            var = conditional_variances(pls, self.model.tmap, self.sol)
+        if cond_var:  # (approximate on the iterative path: the fit's checks say so)
+            var = conditional_variances(self.model.pls, self.model.tmap, self.sol)
             var = var * self.criterion_sigma2()
         return ranef_table(self.model.data, b, var)
 
