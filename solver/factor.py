@@ -232,7 +232,7 @@ def block_diagonal(blocks: np.ndarray) -> sp.csc_matrix:
 
 
 class ScalarSchurFactor(SchurFactor):
-    """``SchurFactor`` for a scalar first term (p_1 = 1), updated from theta directly.
+    """``SchurFactor`` when every term is scalar, updated from theta directly.
 
     With A = Z'WZ, a = diag(A11), theta_1 the first term's scale, Lambda_2 the rest:
 
@@ -249,10 +249,9 @@ class ScalarSchurFactor(SchurFactor):
     positions of S^-1_jk (Lambda_2' (G (theta_1^2 / d^2)) Lambda_2)_jk (x2 off the diagonal).
     """
 
-    def __init__(self, A: sp.csc_matrix, n1: int, trailing_diagonal: bool) -> None:
+    def __init__(self, A: sp.csc_matrix, n1: int) -> None:
         super().__init__(1, n1, A.shape[0])
         self.n2 = self.q - n1
-        self.trailing_diagonal = trailing_diagonal
         self._pattern: tuple[np.ndarray, np.ndarray] | None = None
         self._Sinv_lower: np.ndarray | None = None
         self.set_crossproducts(A)
@@ -326,18 +325,13 @@ class ScalarSchurFactor(SchurFactor):
         self.LD, self.Dinv = np.sqrt(d)[:, None, None], (1.0 / d)[:, None, None]
         K = self.A22.copy(order="F")
         K.reshape(-1, order="F")[:] -= self.G @ (t2 / d)
-        if self.trailing_diagonal:
-            lam = lam2.diagonal()
-            self.lam = lam
-            S = K
-            S *= lam[:, None]
-            S *= lam[None, :]
-            BD = self.A21.copy()
-            BD.data = BD.data * lam[BD.indices] * (theta1 / d)[self._a21_cols]
-        else:
-            K = K + np.tril(K, -1).T
-            S = np.asfortranarray(lam2.T @ np.asarray(lam2.T @ K).T)
-            BD = lam2.T @ self.A21.multiply(theta1 / d[None, :]).tocsc()
+        lam = lam2.diagonal()  # every term scalar: Lambda_2 is diagonal
+        self.lam = lam
+        S = K
+        S *= lam[:, None]
+        S *= lam[None, :]
+        BD = self.A21.copy()
+        BD.data = BD.data * lam[BD.indices] * (theta1 / d)[self._a21_cols]
         S[np.diag_indices_from(S)] += 1.0
         self.BD = sp.csc_matrix(BD)
         LS, info = lapack.dpotrf(S, lower=1, clean=0, overwrite_a=1)
@@ -368,10 +362,8 @@ class ScalarSchurFactor(SchurFactor):
             self._Sinv = np.tril(c) + np.tril(c, -1).T
         return self._Sinv
 
-    def first_trace(self) -> np.ndarray | None:
-        """[[tr(S^-1 B D^-2 B')]] via the map G (trailing terms scalar), else None."""
-        if not self.trailing_diagonal:
-            return None
+    def first_trace(self) -> np.ndarray:
+        """[[tr(S^-1 B D^-2 B')]] via the map G."""
         h = self.G @ (self.theta1**2 / self.d**2)
         h *= np.outer(self.lam, self.lam).reshape(-1) * self._offdiag
         Sinv = self.schur_inverse_lower().reshape(-1, order="F")

@@ -103,7 +103,7 @@ class LinearMixedModel:
             return opt, None, "Brent" if len(start) == 1 else "BOBYQA"
         opt = minimize_log_scale(fg, start, diagonal, control, progress)
         optimizer = "L-BFGS-B on log(theta) (closed-form gradient)"
-        if not math.isfinite(opt.fun) or _theta_gradient_above(fg, opt.x, control.gtol):
+        if not math.isfinite(opt.fun) or _stalled_near_zero(fg, opt.x, diagonal, control.gtol):
             x0 = opt.x if math.isfinite(opt.fun) else start
             opt = _combined(opt, minimize(self.objective, x0, lower, control, progress, fg))
             optimizer += ", then on theta"
@@ -171,11 +171,16 @@ def _iterative(data: ModelData, tmap: ThetaMap) -> IterativePLS:
     return IterativePLS(data.cp, tmap)
 
 
-def _theta_gradient_above(fg, x: np.ndarray, gtol: float) -> bool:
-    """Whether the gradient on the theta scale is above ``gtol`` (the log scale damps it
-    by theta_j: a small theta_j heading for the boundary stops early there)."""
+def _stalled_near_zero(fg, x: np.ndarray, diagonal: np.ndarray, gtol: float) -> bool:
+    """Whether a small diagonal theta_j still has a gradient above ``gtol`` on the theta
+    scale: the log scale damps it by theta_j, so a theta_j heading for the boundary stops
+    early there (elsewhere the log-scale optimum stands; the checks refine it)."""
     _, grad = fg(x)
-    return bool(np.max(np.abs(grad), initial=0.0) > gtol)
+    small = diagonal & (x < NEAR_ZERO * max(1.0, float(np.max(x[diagonal], initial=0.0))))
+    return bool(np.any(np.abs(grad[small]) > gtol))
+
+
+NEAR_ZERO = 0.05  # relative to the largest diagonal theta
 
 
 def _combined(first: OptimResult, then: OptimResult) -> OptimResult:

@@ -250,8 +250,11 @@ def choose_factor(M0: sp.csc_matrix, A: sp.csc_matrix, tmap: ThetaMap, ordering:
         return CholmodFactor(M0, ordering)
     density = 1.0 if ordering == "schur" else _schur_density(M0, n1)
     if n2 <= MAX_DENSE_SCHUR and density >= 0.05:
-        if layout.p[0] == 1 and n2 > 0 and ScalarSchurFactor.fits(A, n1):
-            return ScalarSchurFactor(A, n1, all(p == 1 for p in layout.p[1:]))
+        # (with a vector trailing term, Lambda_2' K Lambda_2 and the gradient's trace
+        # cost more than the generic path's sparse products: measured at 1M EHR rows)
+        scalar = all(p == 1 for p in layout.p)
+        if scalar and n2 > 0 and ScalarSchurFactor.fits(A, n1):
+            return ScalarSchurFactor(A, n1)
         return SchurFactor(layout.p[0], n1, layout.q)
     if density >= 0.01 and 4.0 * n2 * n2 > MAX_DENSE_BYTES:
         raise _too_large(n2)
