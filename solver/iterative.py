@@ -129,7 +129,6 @@ class _ApproxInverse:
 
     Hm: np.ndarray  # H^-1 - I on the deflation space
     G: np.ndarray  # C^-T W
-    Pinv: list[np.ndarray]  # P_c^-1 per batch
     Q: np.ndarray  # A12 Lambda_2 G (n1 x r)
     quad_P: np.ndarray  # a_s' Lambda_2 P^-1 Lambda_2' a_s per level of the first term
 
@@ -168,6 +167,7 @@ class SchurOperator:
         self.Y0 = rng.standard_normal((self.n2, max(w for w, _ in DEFLATIONS)))
         self.deflation: tuple[int, int] | None = None  # chosen at the first logdet
         self._approx: _ApproxInverse | None = None  # per theta, for level_blocks
+        self._Pinv: list[np.ndarray] | None = None  # per theta
         self.cg_iterations = 0
 
     @property
@@ -199,13 +199,10 @@ class SchurOperator:
             value = 1.0 / self.d[levels] + scale**2 * (ap.quad_P[levels] + corr)
             return value[:, None, None]
         idx = off - self.n1 + levels[:, None] * p + np.arange(p)[None, :]
-        w = self._within
-        b, slot, pos = w.batch_of[idx], w.slot[idx], w.pos_in[idx]
         out = np.empty((len(levels), p, p))
         for a in range(p):
             for c in range(p):
-                out[:, a, c] = [ap.Pinv[bb][ss, pa, pc] for bb, ss, pa, pc in
-                                zip(b[:, a], slot[:, a], pos[:, a], pos[:, c])]  # fmt: skip
+                out[:, a, c] = self._p_inverse_entries(idx[:, a], idx[:, c])
         Gl = ap.G[idx]  # (levels, p, r)
         return out + np.einsum("lar,rs,lcs->lac", Gl, ap.Hm, Gl)
 
@@ -216,18 +213,31 @@ class SchurOperator:
             lam, U = np.linalg.eigh(0.5 * (H + H.T))
             Hm = (U / lam) @ U.T - np.eye(len(lam))
             G = self._blocks(W, True)  # C^-T W
-            Pinv = [np.matmul(np.transpose(Ci, (0, 2, 1)), Ci) for Ci in self.Cinv]
             Q = np.asarray(self.A12 @ (self.lam2 @ G))  # (G' Lambda_2' A21)'
             quad = np.zeros(self.n1)
-            for cols, Pi, Gmap in zip(self.clusters.batches, Pinv, self._within.maps):
-                lam_b = _dense_blocks(self.lam2, cols)
+            blocks = zip(self.clusters.batches, self._p_inverse(), self._lam_blocks)
+            for (cols, Pi, lam_b), Gmap in zip(blocks, self._within.maps):
                 LPL = np.matmul(np.transpose(lam_b, (0, 2, 1)), np.matmul(Pi, lam_b))
                 twice = 2.0 * LPL
                 idx = np.arange(cols.shape[1])
                 twice[:, idx, idx] = LPL[:, idx, idx]  # off-diagonal pairs are stored once
                 quad += Gmap.T @ twice.reshape(-1)
-            self._approx = _ApproxInverse(Hm, G, Pinv, Q, quad)
+            self._approx = _ApproxInverse(Hm, G, Q, quad)
         return self._approx
+
+    def _p_inverse(self) -> list[np.ndarray]:
+        """P_c^-1 = C_c^-T C_c^-1 per batch, once per theta."""
+        if self._Pinv is None:
+            self._Pinv = [np.matmul(np.transpose(Ci, (0, 2, 1)), Ci) for Ci in self.Cinv]
+        return self._Pinv
+
+    def _p_inverse_entries(self, j: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """(P^-1)_{j_i, k_i} for trailing columns j_i, k_i of one cluster each."""
+        w, out = self._within, np.empty(len(j))
+        for b, Pi in enumerate(self._p_inverse()):
+            m = w.batch_of[j] == b
+            out[m] = Pi[w.slot[j[m]], w.pos_in[j[m]], w.pos_in[k[m]]]
+        return out
 
     # -- per theta -------------------------------------------------------------------
     def update(self, theta1: float, lam2: sp.csc_matrix) -> None:
@@ -238,15 +248,17 @@ class SchurOperator:
         self.lam2t = lam2.T.tocsr()
         self.Cinv = self._block_factors()
         self._approx = None
+        self._Pinv = None
 
     def _block_factors(self) -> list[np.ndarray]:
-        """C_c^-1 for every cluster block P_c = S[c, c] = C_c C_c'; log|P| kept."""
+        """C_c^-1 for every cluster block P_c = S[c, c] = C_c C_c'; log|P|, the C_c and
+        the blocks of Lambda_2 kept."""
         K = self._within.values(self.w)
         out: list[np.ndarray] = []
         factors: list[np.ndarray] = []
+        self._lam_blocks = [_dense_blocks(self.lam2, cols) for cols in self.clusters.batches]
         logdet = 0.0
-        for cols, Kb in zip(self.clusters.batches, K):
-            lam = _dense_blocks(self.lam2, cols)
+        for cols, Kb, lam in zip(self.clusters.batches, K, self._lam_blocks):
             P = np.matmul(np.transpose(lam, (0, 2, 1)), np.matmul(Kb, lam))
             P += np.eye(cols.shape[1])[None]
             C = np.linalg.cholesky(P)
@@ -358,7 +370,6 @@ class SchurOperator:
         diff = inv - probes  # (A~^-1 - I) [W, Q Z]: small, A~ is near I
         r = W.shape[1]
         ct = self._blocks(np.column_stack([W, Z]), True)  # C^-T [W, Z]
-        Pinv = [np.matmul(np.transpose(Ci, (0, 2, 1)), Ci) for Ci in self.Cinv]
 
         def trace(XCt: np.ndarray, exact: float) -> float:
             Y = self._blocks(XCt, False)  # C^-1 X C^-T [W, Z]
@@ -368,9 +379,8 @@ class SchurOperator:
         scale = self.theta1 / self.d
         Vt = scale[:, None] * (self.A12 @ (self.lam2 @ ct))
         XCt = self.lam2t @ (self.A21 @ (scale[:, None] * Vt))
-        exact = self._trace_P_inv_VVt(Pinv, scale * scale)
+        exact = self._trace_P_inv_VVt(scale * scale)
         sums = [np.array([[float(np.sum(1.0 / self.d)) + trace(XCt, exact)]])]
-        where = self._within
         for off, p, nl in zip(layout.offsets[1:], layout.p[1:], layout.nlevels[1:]):
             idx = off - self.n1 + np.arange(nl)[:, None] * p + np.arange(p)[None, :]
             SB = np.zeros((p, p))
@@ -378,23 +388,16 @@ class SchurOperator:
                 for b in range(p):
                     XCt = np.zeros_like(ct)
                     XCt[idx[:, b]] = ct[idx[:, a]]  # E^{ba} t: row (l, b) takes t_(l, a)
-                    ja, jb = idx[:, a], idx[:, b]
-                    exact = sum(
-                        float(
-                            np.sum(P[where.slot[ja[m]], where.pos_in[ja[m]], where.pos_in[jb[m]]])
-                        )
-                        for bt, P in enumerate(Pinv)
-                        for m in [where.batch_of[ja] == bt]
-                    )  # tr(P^-1 E^{ba}) = sum_l (P^-1)_{(l,a),(l,b)}
+                    # tr(P^-1 E^{ba}) = sum_l (P^-1)_{(l,a),(l,b)}
+                    exact = float(self._p_inverse_entries(idx[:, a], idx[:, b]).sum())
                     SB[a, b] = trace(XCt, exact)
             sums.append(0.5 * (SB + SB.T))
         return sums
 
-    def _trace_P_inv_VVt(self, Pinv: list[np.ndarray], w2: np.ndarray) -> float:
+    def _trace_P_inv_VVt(self, w2: np.ndarray) -> float:
         """tr(P^-1 V V') from the cluster blocks of V V' = Lambda_2' A21 diag(w2) A12 Lambda_2."""
         total = 0.0
-        for cols, P, H in zip(self.clusters.batches, Pinv, self._within.products(w2)):
-            lam = _dense_blocks(self.lam2, cols)
+        for P, H, lam in zip(self._p_inverse(), self._within.products(w2), self._lam_blocks):
             X = np.matmul(np.transpose(lam, (0, 2, 1)), np.matmul(H, lam))
             total += float(np.sum(P * X))
         return total
