@@ -234,19 +234,21 @@ def block_diagonal(blocks: np.ndarray) -> sp.csc_matrix:
 class ScalarSchurFactor(SchurFactor):
     """``SchurFactor`` when every term is scalar, updated from theta directly.
 
-    With A = Z'WZ, a = diag(A11), theta_1 the first term's scale, Lambda_2 the rest:
+    With A = Z'WZ, a = diag(A11), theta_1 the first term's scale, lam = diag(Lambda_2)
+    the others' (every term scalar, so Lambda_2 is diagonal):
 
-        D = theta_1^2 diag(a) + I,     B D^-1 = theta_1 Lambda_2' A21 D^-1,
-        S = Lambda_2' K(theta_1) Lambda_2 + I,   K(theta_1) = A22 - A21 diag(w) A12,
+        D = theta_1^2 diag(a) + I,     B D^-1 = theta_1 diag(lam) A21 D^-1,
+        S = (lam lam') o K(theta_1) + I,   K(theta_1) = A22 - A21 diag(w) A12,
         w = theta_1^2 / (theta_1^2 a + 1)
 
     K's correction is a fixed linear map of w:  (A21 diag(w) A12)_jk = sum_s w_s A_js A_ks,
     summed over the levels s of the first term that meet both j and k.  ``G`` holds that
-    map (one row per lower-triangle position of K reached, one column per level, the
-    products A_js A_ks as values), built once per pattern, its values once per set of
-    cross-products; per theta a sparse mat-vec G w replaces the sparse product B D^-1 B'.
-    With the same map, the gradient's first trace is tr(S^-1 B D^-2 B') = sum over those
-    positions of S^-1_jk (Lambda_2' (G (theta_1^2 / d^2)) Lambda_2)_jk (x2 off the diagonal).
+    map (one row per Fortran-order position of K, only lower-triangle ones filled; one
+    column per level; the products A_js A_ks as values), built once per pattern, its
+    values once per set of cross-products; per theta a sparse mat-vec G w replaces the
+    sparse product B D^-1 B'.  With the same map, the gradient's first trace is
+    tr(S^-1 B D^-2 B') = sum over those positions of S^-1_jk lam_j lam_k (G (theta_1^2 /
+    d^2))_jk (x2 off the diagonal).
     """
 
     def __init__(self, A: sp.csc_matrix, n1: int) -> None:
@@ -317,15 +319,15 @@ class ScalarSchurFactor(SchurFactor):
         self._a22_pos = (idx[self._cut :] - n1) + right_cols * n2
         self._pattern = (ptr, idx)
 
-    def update_theta(self, theta1: float, lam2: sp.csc_matrix) -> None:
-        """Refactor at theta: theta_1 scales the first term, Lambda_2 the others."""
+    def update_theta(self, theta1: float, lam: np.ndarray) -> None:
+        """Refactor at theta: theta_1 scales the first term, lam (the diagonal of
+        Lambda_2: every term is scalar) the others."""
         t2 = theta1 * theta1
         d = t2 * self.a + 1.0
         self.theta1, self.d = theta1, d
         self.LD, self.Dinv = np.sqrt(d)[:, None, None], (1.0 / d)[:, None, None]
         K = self.A22.copy(order="F")
         K.reshape(-1, order="F")[:] -= self.G @ (t2 / d)
-        lam = lam2.diagonal()  # every term scalar: Lambda_2 is diagonal
         self.lam = lam
         S = K
         S *= lam[:, None]

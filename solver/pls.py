@@ -194,7 +194,7 @@ class PLS:
         """New values of the factor at theta (its structure is fixed)."""
         if isinstance(self.factor, ScalarSchurFactor):
             n1 = self.factor.n1
-            self.factor.update_theta(float(theta[0]), self.tmap.Lambda(theta)[n1:, n1:])
+            self.factor.update_theta(float(theta[0]), self.tmap.Lambda(theta).diagonal()[n1:])
         else:
             self.factor.update(self.scaled(theta))
 
