@@ -5,6 +5,8 @@ and SDs 1e-3 relative, objective 1e-3 absolute)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -38,25 +40,31 @@ def test_solves_and_logdet_match_the_exact_factor(data) -> None:
     assert abs(ld.value - sol.logdet_L) < 5 * ld.std_error + 1e-8
 
 
-def test_fit_agrees_with_the_exact_path(data) -> None:
-    exact = LinearMixedModel(data).fit().result
-    model = LinearMixedModel(data, ordering="iterative")
-    assert isinstance(model.pls, IterativePLS)
-    fit = model.fit()
-    it = fit.result
+def _agree(exact: solver.FitResult, it: solver.FitResult, sd_abs: float = 0.0) -> None:
+    """Issue #7's tolerances: objective 1e-3 absolute, fixed effects, their SEs and the
+    variance components 1e-3 relative."""
+    assert it.diagnostics.ordering.startswith("iterative")
     assert abs(it.reml_criterion - exact.reml_criterion) < 1e-3
     for a, b in zip(exact.fixed_effects, it.fixed_effects):
         assert b.estimate == pytest.approx(a.estimate, rel=1e-3, abs=1e-6)
         assert b.std_error == pytest.approx(a.std_error, rel=1e-3)
     for a, b in zip(exact.variance_components, it.variance_components):
         if a.term2 is None:
-            assert b.sd == pytest.approx(a.sd, rel=1e-3, abs=1e-6)
+            assert b.sd == pytest.approx(a.sd, rel=1e-3, abs=sd_abs)
         else:
             assert b.corr == pytest.approx(a.corr, abs=1e-3)
+
+
+def test_fit_agrees_with_the_exact_path(data) -> None:
+    exact_fit = LinearMixedModel(data).fit()
+    model = LinearMixedModel(data, ordering="iterative")
+    assert isinstance(model.pls, IterativePLS)
+    fit = model.fit()
+    it = fit.result
+    _agree(exact_fit.result, it, sd_abs=1e-6)
     (mc,) = [c for c in it.diagnostics.checks if c.code == "logdet_mc_error"]
     assert mc.value is not None and 0 < mc.value < 1e-3
-    assert it.diagnostics.ordering.startswith("iterative")
-    exact_ranef = LinearMixedModel(data).fit().ranef()
+    exact_ranef = exact_fit.ranef()
     iter_ranef = fit.ranef()
     b_exact = exact_ranef.column("condval").to_numpy()
     np.testing.assert_allclose(
@@ -66,6 +74,28 @@ def test_fit_agrees_with_the_exact_path(data) -> None:
     sd_exact = exact_ranef.column("condsd").to_numpy()
     np.testing.assert_allclose(iter_ranef.column("condsd").to_numpy(), sd_exact, rtol=2e-2)
     assert any(c.code == "condvar_approximate" for c in it.diagnostics.checks)
+
+
+# Issue #7's agreement at scale (``pytest -m slow``): minutes each. InstEval ~4 min (its
+# crossing is dense: the deflation grows to its widest); 1M did not finish within 30 min
+# in the session that added it.
+
+
+def _agree_on(data: solver.ModelData) -> None:
+    exact = LinearMixedModel(data).fit().result
+    _agree(exact, LinearMixedModel(data, ordering="iterative").fit().result)
+
+
+@pytest.mark.slow
+def test_insteval() -> None:
+    insteval = "y ~ service + (1 | s) + (1 | d) + (1 | dept:service)"
+    _agree_on(solver.prepare(insteval, str(Path(__file__).parent / "data" / "InstEval.parquet")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rows", [100_000, 1_000_000])
+def test_generated_ehr(rows: int) -> None:
+    _agree_on(solver.prepare(FORMULA, generate(rows, seed=20240601)))
 
 
 def test_vector_first_term_is_refused_clearly() -> None:
