@@ -8,6 +8,7 @@ caller's job is NOT_FOUND.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -38,16 +39,23 @@ MAX_PAGE = 1_000
 RESULT_FIELD = {"compare": "comparison", "predict": "prediction", "confint": "intervals"}
 
 
+@contextlib.contextmanager
+def _statuses(name: str, context: grpc.ServicerContext) -> Iterator[None]:
+    """A ServiceError becomes its status; anything else is logged and INTERNAL."""
+    try:
+        yield
+    except ServiceError as err:
+        context.abort_with_status(status_of(err))
+    except Exception:
+        log.exception("%s failed", name)
+        context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
+
+
 def _unary(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
+        with _statuses(method.__name__, context):
             return method(self, request, context)
-        except ServiceError as err:
-            context.abort_with_status(status_of(err))
-        except Exception:
-            log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
 
     return wrapper  # type: ignore[return-value]
 
@@ -55,13 +63,8 @@ def _unary(method: F) -> F:
 def _streaming(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
+        with _statuses(method.__name__, context):
             yield from method(self, request, context)
-        except ServiceError as err:
-            context.abort_with_status(status_of(err))
-        except Exception:
-            log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
 
     return wrapper  # type: ignore[return-value]
 
