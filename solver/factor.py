@@ -19,7 +19,7 @@ level of that term), so with B = M21 and the Schur complement S = M22 - B D^-1 B
 and S^-1 (LAPACK potri), the trailing block of M^-1, is what the closed-form
 gradient needs.  Used when S (n2 = q - q_1 columns) is small enough to be dense.
 
-``ScalarSchurFactor``: the same when the first term is scalar, with S formed from theta
+``MappedSchurFactor``: the same when the first term is scalar, with S formed from theta
 directly by a precomputed linear map (no sparse product per theta; see its docstring).
 """
 
@@ -231,29 +231,38 @@ def block_diagonal(blocks: np.ndarray) -> sp.csc_matrix:
     return sp.csc_matrix((blocks.ravel(), (rows, cols)), shape=(nl * p, nl * p))
 
 
-class ScalarSchurFactor(SchurFactor):
-    """``SchurFactor`` when every term is scalar, updated from theta directly.
+class MappedSchurFactor(SchurFactor):
+    """``SchurFactor`` when the first term is scalar, with S formed from theta directly.
 
-    With A = Z'WZ, a = diag(A11), theta_1 the first term's scale, lam = diag(Lambda_2)
-    the others' (every term scalar, so Lambda_2 is diagonal):
+    With A = Z'WZ, a = diag(A11), theta_1 the first term's scale and Lambda_2 the other
+    terms' block of Lambda (block diagonal; diagonal when every trailing term is scalar):
 
-        D = theta_1^2 diag(a) + I,     B D^-1 = theta_1 diag(lam) A21 D^-1,
-        S = (lam lam') o K(theta_1) + I,   K(theta_1) = A22 - A21 diag(w) A12,
+        D = theta_1^2 diag(a) + I,     B D^-1 = theta_1 Lambda_2' A21 D^-1,
+        S = Lambda_2' K(theta_1) Lambda_2 + I,   K(theta_1) = A22 - A21 diag(w) A12,
         w = theta_1^2 / (theta_1^2 a + 1)
 
     K's correction is a fixed linear map of w:  (A21 diag(w) A12)_jk = sum_s w_s A_js A_ks,
     summed over the levels s of the first term that meet both j and k.  ``G`` holds that
-    map (one row per Fortran-order position of K, only lower-triangle ones filled; one
-    column per level; the products A_js A_ks as values), built once per pattern, its
-    values once per set of cross-products; per theta a sparse mat-vec G w replaces the
-    sparse product B D^-1 B'.  With the same map, the gradient's first trace is
-    tr(S^-1 B D^-2 B') = sum over those positions of S^-1_jk lam_j lam_k (G (theta_1^2 /
-    d^2))_jk (x2 off the diagonal).
+    map (one row per Fortran-order position of K, one column per level, the products
+    A_js A_ks as values), built once per pattern, its values once per set of
+    cross-products; per theta a sparse mat-vec G w replaces the sparse product B D^-1 B'.
+    With a diagonal Lambda_2 only K's lower triangle is mapped, otherwise both; the
+    congruence Lambda_2' K Lambda_2 is done in place, term by term (scaling the rows and
+    columns of a scalar term, p x p products for a vector term's).  With the same map the
+    gradient's first trace is
+
+        tr(S^-1 B D^-2 B') = < S^-1, Lambda_2' H Lambda_2 >,   H = G (theta_1^2 / d^2),
+
+    summed over the lower triangle of S^-1 (LAPACK potri) with off-diagonal entries
+    counted twice, and the trailing block sums are gathered from that triangle too.
     """
 
-    def __init__(self, A: sp.csc_matrix, n1: int) -> None:
+    def __init__(self, A: sp.csc_matrix, n1: int, terms: list[tuple[int, int, int]]) -> None:
+        """``terms``: (offset in S, p, levels) of each trailing term."""
         super().__init__(1, n1, A.shape[0])
         self.n2 = self.q - n1
+        self.terms = terms
+        self.diagonal = all(p == 1 for _, p, _ in terms)  # Lambda_2 is diagonal
         self._pattern: tuple[np.ndarray, np.ndarray] | None = None
         self._Sinv_lower: np.ndarray | None = None
         self.set_crossproducts(A)
@@ -276,7 +285,10 @@ class ScalarSchurFactor(SchurFactor):
         self.a = data[self._diag]  # diagonal of A11: first entry of each level's column
         self.G.data = data[self._i1] * data[self._i2]
         base = np.zeros((self.n2, self.n2), order="F")
-        base.reshape(-1, order="F")[self._a22_pos] = data[self._cut :]  # lower of A22
+        flat = base.reshape(-1, order="F")
+        flat[self._a22_pos] = data[self._cut :]  # lower triangle of A22
+        if not self.diagonal:
+            flat[self._a22_mirror] = data[self._cut :][self._a22_off]
         self.A22 = base
         self.A21.data = data[self._below]
 
@@ -290,26 +302,31 @@ class ScalarSchurFactor(SchurFactor):
 
     def _build_map(self, A: sp.csc_matrix) -> None:
         """Pairs (j >= k) of entries below the first block within each level's column,
-        and where A's stored values go (diagonal of A11, A21, the lower triangle of A22)."""
+        and where A's stored values go (diagonal of A11, A21, the lower triangle of A22
+        and, unless Lambda_2 is diagonal, its mirror).  G is stored by rows, only those
+        of positions some level reaches (``_rows``): a mat-vec then gathers from w."""
         n1, n2 = self.n1, self.n2
         ptr, idx = A.indptr, A.indices
         if np.any(idx[ptr[:n1]] != np.arange(n1)):
             raise ValueError("first block is not diagonal")
         k = np.diff(ptr[: n1 + 1]) - 1  # entries below the first block, per level
         below = np.setdiff1d(np.arange(ptr[n1]), ptr[:n1], assume_unique=True)
-        rank = np.arange(len(below)) - np.repeat(np.cumsum(k) - k, k)  # position in column
-        i1 = np.repeat(below, rank + 1)  # each entry pairs with itself and those above it
-        start = np.repeat(below - rank, rank + 1)
-        within = np.arange(len(i1)) - np.repeat(np.cumsum(rank + 1) - (rank + 1), rank + 1)
-        i2 = start + within
+        i1, i2 = _pairs_within_levels(below, k)
         r1, r2 = idx[i1] - n1, idx[i2] - n1  # r1 >= r2 since indices are sorted
-        pairs = np.r_[0, np.cumsum(k * (k + 1) // 2)]  # pairs are generated level by level
-        self._i1, self._i2 = i1, i2
-        self.G = sp.csc_matrix(
-            (np.zeros(len(i1)), r1 + r2 * n2, pairs), shape=(n2 * n2, n1)
-        )  # rows: Fortran-order positions of K's lower triangle
-        rows, cols = np.divmod(np.arange(n2 * n2), n2)  # (col, row) of each flat position
-        self._offdiag = np.where(rows == cols, 1.0, 2.0)
+        levels = np.repeat(np.arange(n1), k * (k + 1) // 2)
+        G = sp.coo_matrix(
+            (np.arange(len(i1), dtype=np.float64), (r1 + r2 * n2, levels)), shape=(n2 * n2, n1)
+        ).tocsr()  # rows: Fortran-order positions of K's lower triangle
+        counts = np.diff(G.indptr)
+        self._rows = np.flatnonzero(counts)
+        off = (self._rows % n2) != (self._rows // n2)
+        self._off, self._mirror = np.flatnonzero(off), _mirror(self._rows[off], n2)
+        order = G.data.astype(np.int64)
+        self._i1, self._i2 = i1[order], i2[order]
+        self.G = sp.csr_matrix(
+            (np.zeros(len(order)), G.indices, np.r_[0, np.cumsum(counts[self._rows])]),
+            shape=(len(self._rows), n1),
+        )
         self._diag, self._below, self._cut = ptr[:n1].copy(), below, int(ptr[n1])
         self.A21 = sp.csc_matrix(
             (np.zeros(len(below)), idx[below] - n1, np.r_[0, np.cumsum(k)]), shape=(n2, n1)
@@ -317,37 +334,68 @@ class ScalarSchurFactor(SchurFactor):
         self._a21_cols = np.repeat(np.arange(n1), k)
         right_cols = np.repeat(np.arange(n2), np.diff(ptr[n1:]))
         self._a22_pos = (idx[self._cut :] - n1) + right_cols * n2
+        self._a22_off = np.flatnonzero(self._a22_pos % n2 != right_cols)
+        self._a22_mirror = _mirror(self._a22_pos[self._a22_off], n2)
         self._pattern = (ptr, idx)
 
-    def update_theta(self, theta1: float, lam: np.ndarray) -> None:
-        """Refactor at theta: theta_1 scales the first term, lam (the diagonal of
-        Lambda_2: every term is scalar) the others."""
+    def _mapped(self, w: np.ndarray, into: np.ndarray, sign: float) -> np.ndarray:
+        """into += sign * A21 diag(w) A12 (n2 x n2, Fortran order): its lower triangle
+        and, unless Lambda_2 is diagonal, the mirror."""
+        v = self.G @ w
+        if sign < 0:
+            v = -v
+        flat = into.reshape(-1, order="F")
+        flat[self._rows] += v
+        if not self.diagonal:
+            flat[self._mirror] += v[self._off]
+        return into
+
+    def update_theta(self, theta1: float, Lambda2: sp.csc_matrix, T: list[np.ndarray]) -> None:
+        """Refactor at theta: theta_1 scales the first term; Lambda2 (n2 x n2) is the
+        others' block of Lambda and T their T_k (in the order of ``terms``)."""
         t2 = theta1 * theta1
         d = t2 * self.a + 1.0
         self.theta1, self.d = theta1, d
         self.LD, self.Dinv = np.sqrt(d)[:, None, None], (1.0 / d)[:, None, None]
-        K = self.A22.copy(order="F")
-        K.reshape(-1, order="F")[:] -= self.G @ (t2 / d)
-        self.lam = lam
-        S = K
-        S *= lam[:, None]
-        S *= lam[None, :]
-        BD = self.A21.copy()
-        BD.data = BD.data * lam[BD.indices] * (theta1 / d)[self._a21_cols]
+        K = self._mapped(t2 / d, self.A22.copy(order="F"), -1.0)
+        self.T = T
+        S = self._congruence(K)
         S[np.diag_indices_from(S)] += 1.0
-        self.BD = sp.csc_matrix(BD)
+        BD = self.A21.copy()
+        BD.data = BD.data * (theta1 / d)[self._a21_cols]
+        if self.diagonal:
+            BD.data *= Lambda2.diagonal()[BD.indices]
+            self.BD = sp.csc_matrix(BD)
+        else:
+            self.BD = sp.csc_matrix(Lambda2.T @ BD)
         LS, info = lapack.dpotrf(S, lower=1, clean=0, overwrite_a=1)
         if info != 0:
             raise np.linalg.LinAlgError("Schur complement is not positive definite")
         self.LS = LS
         self._Sinv = self._Linv = self._Sinv_lower = None
 
+    def _congruence(self, K: np.ndarray) -> np.ndarray:
+        """Lambda_2' K Lambda_2 in place (K Fortran order, symmetric or, when Lambda_2 is
+        diagonal, its lower triangle): a trailing term's columns times I (x) T_k, then its
+        rows times I (x) T_k'; a scalar term's are scaled."""
+        for (off, p, nl), T in zip(self.terms, self.T):
+            end = off + p * nl
+            if p == 1:
+                K[:, off:end] *= T[0, 0]
+                K[off:end, :] *= T[0, 0]
+                continue
+            cols = K[:, off:end].T.reshape(nl, p, self.n2)  # a level's p columns
+            K[:, off:end] = np.matmul(T.T, cols).reshape(nl * p, self.n2).T
+            rows = K[off:end, :].reshape(nl, p, self.n2)
+            K[off:end, :] = np.matmul(T.T, rows).reshape(nl * p, self.n2)
+        return K
+
     def update(self, M: sp.csc_matrix) -> None:  # pragma: no cover - PLS calls update_theta
-        raise TypeError("ScalarSchurFactor is updated from theta (update_theta)")
+        raise TypeError("MappedSchurFactor is updated from theta (update_theta)")
 
     def nnz_L(self) -> int:
         n2 = self.n2
-        return int(self.n1 + self.A21.nnz + n2 * (n2 + 1) // 2)
+        return int(self.n1 + self.BD.nnz + n2 * (n2 + 1) // 2)
 
     def schur_inverse_lower(self) -> np.ndarray:
         """S^-1, lower triangle valid (LAPACK potri on L_S), computed once per update."""
@@ -366,11 +414,45 @@ class ScalarSchurFactor(SchurFactor):
 
     def first_trace(self) -> np.ndarray:
         """[[tr(S^-1 B D^-2 B')]] via the map G."""
-        h = self.G @ (self.theta1**2 / self.d**2)
-        h *= np.outer(self.lam, self.lam).reshape(-1) * self._offdiag
-        Sinv = self.schur_inverse_lower().reshape(-1, order="F")
-        return np.array([[float(Sinv @ h)]])
+        H = self._mapped(self.theta1**2 / self.d**2, np.zeros((self.n2,) * 2, order="F"), 1.0)
+        return np.array([[_lower_inner(self.schur_inverse_lower(), self._congruence(H))]])
 
-    def inverse_diagonal(self) -> np.ndarray:
-        """diag(S^-1)."""
-        return np.diagonal(self.schur_inverse_lower()).copy()
+    def trailing_block_sum(self, off: int, p: int, nl: int) -> np.ndarray:
+        """sum over the levels of a trailing term (at ``off`` in S) of its p x p
+        diagonal blocks of S^-1, from the lower triangle."""
+        Sinv = self.schur_inverse_lower()
+        base = off + np.arange(nl) * p
+        out = np.empty((p, p))
+        for a in range(p):
+            for c in range(a + 1):
+                out[a, c] = out[c, a] = Sinv[base + a, base + c].sum()
+        return out
+
+
+def _pairs_within_levels(below: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (i1 >= i2) in A.data of every pair of entries within one level's column
+    below the first block (k of them per level), level by level."""
+    rank = np.arange(len(below)) - np.repeat(np.cumsum(k) - k, k)  # position in column
+    i1 = np.repeat(below, rank + 1)  # each entry pairs with itself and those above it
+    start = np.repeat(below - rank, rank + 1)
+    within = np.arange(len(i1)) - np.repeat(np.cumsum(rank + 1) - (rank + 1), rank + 1)
+    return i1, start + within
+
+
+def _mirror(pos: np.ndarray, n: int) -> np.ndarray:
+    """Fortran-order positions (i, j) -> (j, i) in an n x n matrix."""
+    col, row = np.divmod(pos, n)
+    return col + row * n
+
+
+def _lower_inner(L: np.ndarray, H: np.ndarray, chunk: int = 512) -> float:
+    """sum over j >= k of w_jk L_jk H_jk, w = 1 on the diagonal and 2 below it (H
+    symmetric, L valid in its lower triangle only), a block of columns at a time."""
+    n = L.shape[0]
+    total = 0.0
+    for c0 in range(0, n, chunk):
+        c1 = min(n, c0 + chunk)
+        square = L[c0:c1, c0:c1] * H[c0:c1, c0:c1]
+        total += 2.0 * float(np.sum(np.tril(square, -1))) + float(np.trace(square))
+        total += 2.0 * float(np.sum(L[c1:, c0:c1] * H[c1:, c0:c1]))
+    return total

@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .factor import ScalarSchurFactor, SchurFactor
+from .factor import MappedSchurFactor, SchurFactor
 from .pls import PLS, Criterion, PLSSolution, lower_colmajor
 from .pls_iterative import IterativePLS
 
@@ -129,7 +129,7 @@ def block_sums(pls: PLS, theta: np.ndarray) -> list[np.ndarray]:
     if f.n1 == layout.q:
         return sums
     n2 = layout.q - f.n1
-    mapped = f.first_trace() if isinstance(f, ScalarSchurFactor) else None
+    mapped = f.first_trace() if isinstance(f, MappedSchurFactor) else None
     # sparse x dense runs ~8x slower per flop than LAPACK here
     via_inverse = mapped is not None or n2**3 / 3 < 8 * n2 * f.BD.nnz
     if mapped is not None:
@@ -144,8 +144,8 @@ def block_sums(pls: PLS, theta: np.ndarray) -> list[np.ndarray]:
 
 def _trailing_sum(f: SchurFactor, via_inverse: bool, off: int, p: int, nl: int) -> np.ndarray:
     """SB_k = sum_l (S^-1)_ll over the levels of a trailing term at offset ``off`` in S."""
-    if p == 1 and isinstance(f, ScalarSchurFactor):
-        return np.array([[f.inverse_diagonal()[off : off + nl].sum()]])
+    if isinstance(f, MappedSchurFactor):
+        return f.trailing_block_sum(off, p, nl)
     idx = off + np.arange(nl)[:, None] * p + np.arange(p)[None, :]
     if via_inverse:
         return f.schur_inverse()[idx[:, :, None], idx[:, None, :]].sum(axis=0)

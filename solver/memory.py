@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .crossprod import CrossProducts
-from .factor import ScalarSchurFactor, SchurFactor
+from .factor import MappedSchurFactor, SchurFactor
 from .model import ModelData
 from .pls import FactorTooLarge, ThetaMap, choose_factor
 
@@ -108,7 +108,7 @@ def estimate(data: ModelData, ordering: str = "auto") -> MemoryEstimate:
         n2 = layout.q - factor.n1
         nnz_L = int(factor.n1 * (factor.p1 + 1) // 2 + M0[factor.n1 :].nnz + n2 * (n2 + 1) // 2)
         factor_bytes = SCHUR_COPIES * 8 * n2 * n2 + 2 * SPARSE_BYTES_PER_NNZ * M0.nnz
-        if isinstance(factor, ScalarSchurFactor):  # its pair map G and G w
+        if isinstance(factor, MappedSchurFactor):  # its pair map G and G w
             factor_bytes += 2 * SPARSE_BYTES_PER_NNZ * factor.G.nnz + 8 * n2 * n2
     else:
         counted = symbolic_nnz_L(M0, factor._f.P())  # the permutation the fit will use

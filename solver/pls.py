@@ -29,7 +29,7 @@ from sksparse.cholmod import CholmodTooLargeError
 
 from .crossprod import CrossProducts, TermLayout
 from .errors import InputError
-from .factor import MAX_DENSE_SCHUR, CholmodFactor, ScalarSchurFactor, SchurFactor
+from .factor import MAX_DENSE_SCHUR, CholmodFactor, MappedSchurFactor, SchurFactor
 
 MAX_DENSE_BYTES = 4 * 2**30  # a trailing block that fills in densely beyond this is refused
 
@@ -162,7 +162,7 @@ class PLS:
         """New cross-products with the same sparsity pattern (PIRLS reweights the rows);
         the factor's structure is kept."""
         self._store(cp)
-        if isinstance(self.factor, ScalarSchurFactor):
+        if isinstance(self.factor, MappedSchurFactor):
             self.factor.set_crossproducts(cp.ZtZ)
 
     def _store(self, cp: CrossProducts) -> None:
@@ -192,9 +192,9 @@ class PLS:
 
     def _refactor(self, theta: np.ndarray) -> None:
         """New values of the factor at theta (its structure is fixed)."""
-        if isinstance(self.factor, ScalarSchurFactor):
-            n1 = self.factor.n1
-            self.factor.update_theta(float(theta[0]), self.tmap.Lambda(theta).diagonal()[n1:])
+        if isinstance(self.factor, MappedSchurFactor):
+            lam = _trailing_block(self.tmap.Lambda(theta), self.factor.n1)
+            self.factor.update_theta(float(theta[0]), lam, self.tmap.blocks(theta)[1:])
         else:
             self.factor.update(self.scaled(theta))
 
@@ -242,7 +242,7 @@ class PLS:
 def choose_factor(M0: sp.csc_matrix, A: sp.csc_matrix, tmap: ThetaMap, ordering: str):
     """SchurFactor when the complement of the first term is small enough to be dense and
     dense enough to fill in anyway (or ``ordering="schur"``), updated from theta directly
-    when the first term is scalar; CHOLMOD otherwise."""
+    when the first term is scalar and its pair map is not too large; CHOLMOD otherwise."""
     layout = tmap.layout
     n1 = layout.p[0] * layout.nlevels[0]
     n2 = layout.q - n1
@@ -250,11 +250,9 @@ def choose_factor(M0: sp.csc_matrix, A: sp.csc_matrix, tmap: ThetaMap, ordering:
         return CholmodFactor(M0, ordering)
     density = 1.0 if ordering == "schur" else _schur_density(M0, n1)
     if n2 <= MAX_DENSE_SCHUR and density >= 0.05:
-        # (with a vector trailing term, Lambda_2' K Lambda_2 and the gradient's trace
-        # cost more than the generic path's sparse products: measured at 1M EHR rows)
-        scalar = all(p == 1 for p in layout.p)
-        if scalar and n2 > 0 and ScalarSchurFactor.fits(A, n1):
-            return ScalarSchurFactor(A, n1)
+        if layout.p[0] == 1 and n2 > 0 and MappedSchurFactor.fits(A, n1):
+            terms = list(zip(layout.offsets[1:], layout.p[1:], layout.nlevels[1:]))
+            return MappedSchurFactor(A, n1, [(o - n1, p, nl) for o, p, nl in terms])
         return SchurFactor(layout.p[0], n1, layout.q)
     if density >= 0.01 and 4.0 * n2 * n2 > MAX_DENSE_BYTES:
         raise _too_large(n2)
@@ -262,6 +260,16 @@ def choose_factor(M0: sp.csc_matrix, A: sp.csc_matrix, tmap: ThetaMap, ordering:
         return CholmodFactor(M0, "metis")
     except CholmodTooLargeError:
         raise _too_large(n2) from None
+
+
+def _trailing_block(lam: sp.csc_matrix, n1: int) -> sp.csc_matrix:
+    """Lambda's trailing block (rows and columns n1:), by slicing its arrays: Lambda is
+    block diagonal, so columns n1: hold rows >= n1 only."""
+    cut = lam.indptr[n1]
+    n2 = lam.shape[0] - n1
+    return sp.csc_matrix(
+        (lam.data[cut:], lam.indices[cut:] - n1, lam.indptr[n1:] - cut), shape=(n2, n2)
+    )
 
 
 def _too_large(n2: int) -> FactorTooLarge:
