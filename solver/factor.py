@@ -141,12 +141,12 @@ class SchurFactor:
     def half_solve(self, R: np.ndarray) -> np.ndarray:
         R1, R2 = self._split(R)
         y1 = _block_solve(self.LD, R1, self.p1)
-        y2 = la.solve_triangular(self.LS, R2 - self.BD @ R1, lower=True)
+        y2 = la.solve_triangular(self.LS, R2 - self.BD @ R1, lower=True, check_finite=False)
         return np.vstack([y1, y2]).reshape(R.shape)
 
     def half_solve_t(self, V: np.ndarray) -> np.ndarray:
         V1, V2 = self._split(V)
-        w2 = la.solve_triangular(self.LS, V2, lower=True, trans="T")
+        w2 = la.solve_triangular(self.LS, V2, lower=True, trans="T", check_finite=False)
         w1 = _block_solve(np.transpose(self.LD, (0, 2, 1)), V1, self.p1) - self.BD.T @ w2
         return np.vstack([w1, w2]).reshape(V.shape)
 
@@ -246,10 +246,10 @@ class MappedSchurFactor(SchurFactor):
     map (one row per Fortran-order position of K, one column per level, the products
     A_js A_ks as values), built once per pattern, its values once per set of
     cross-products; per theta a sparse mat-vec G w replaces the sparse product B D^-1 B'.
-    With a diagonal Lambda_2 only K's lower triangle is mapped, otherwise both; the
-    congruence Lambda_2' K Lambda_2 is done in place, term by term (scaling the rows and
-    columns of a scalar term, p x p products for a vector term's).  With the same map the
-    gradient's first trace is
+    Only K's lower triangle is mapped, and the upper half of each p x p level block of a
+    vector term; the congruence Lambda_2' K Lambda_2 is done in place, term by term
+    (scaling the rows and columns of a scalar term, p x p products for a vector term's).
+    With the same map the gradient's first trace is
 
         tr(S^-1 B D^-2 B') = < S^-1, Lambda_2' H Lambda_2 >,   H = G (theta_1^2 / d^2),
 
@@ -263,6 +263,7 @@ class MappedSchurFactor(SchurFactor):
         self.n2 = self.q - n1
         self.terms = terms
         self.diagonal = all(p == 1 for _, p, _ in terms)  # Lambda_2 is diagonal
+        self._buffers: dict[str, np.ndarray] = {}
         self._pattern: tuple[np.ndarray, np.ndarray] | None = None
         self._Sinv_lower: np.ndarray | None = None
         self.set_crossproducts(A)
@@ -287,8 +288,7 @@ class MappedSchurFactor(SchurFactor):
         base = np.zeros((self.n2, self.n2), order="F")
         flat = base.reshape(-1, order="F")
         flat[self._a22_pos] = data[self._cut :]  # lower triangle of A22
-        if not self.diagonal:
-            flat[self._a22_mirror] = data[self._cut :][self._a22_off]
+        flat[self._a22_mirror] = data[self._cut :][self._a22_off]
         self.A22 = base
         self.A21.data = data[self._below]
 
@@ -319,8 +319,8 @@ class MappedSchurFactor(SchurFactor):
         ).tocsr()  # rows: Fortran-order positions of K's lower triangle
         counts = np.diff(G.indptr)
         self._rows = np.flatnonzero(counts)
-        off = (self._rows % n2) != (self._rows // n2)
-        self._off, self._mirror = np.flatnonzero(off), _mirror(self._rows[off], n2)
+        self._off = np.flatnonzero(self._in_vector_block(self._rows))
+        self._mirror = _mirror(self._rows[self._off], n2)
         order = G.data.astype(np.int64)
         self._i1, self._i2 = i1[order], i2[order]
         self.G = sp.csr_matrix(
@@ -334,20 +334,30 @@ class MappedSchurFactor(SchurFactor):
         self._a21_cols = np.repeat(np.arange(n1), k)
         right_cols = np.repeat(np.arange(n2), np.diff(ptr[n1:]))
         self._a22_pos = (idx[self._cut :] - n1) + right_cols * n2
-        self._a22_off = np.flatnonzero(self._a22_pos % n2 != right_cols)
+        self._a22_off = np.flatnonzero(self._in_vector_block(self._a22_pos))
         self._a22_mirror = _mirror(self._a22_pos[self._a22_off], n2)
         self._pattern = (ptr, idx)
 
+    def _in_vector_block(self, pos: np.ndarray) -> np.ndarray:
+        """Which Fortran-order positions of S lie below the diagonal of one level's
+        p x p block of a vector term: the only entries above the diagonal that the
+        congruence reads, so the only ones mirrored (see ``_congruence``)."""
+        block = np.arange(self.n2) + self.n2  # one block per index: scalar terms
+        for off, p, nl in self.terms:
+            if p > 1:
+                block[off : off + p * nl] = off + np.arange(p * nl) // p
+        col, row = np.divmod(pos, self.n2)
+        return (row != col) & (block[row] == block[col])
+
     def _mapped(self, w: np.ndarray, into: np.ndarray, sign: float) -> np.ndarray:
         """into += sign * A21 diag(w) A12 (n2 x n2, Fortran order): its lower triangle
-        and, unless Lambda_2 is diagonal, the mirror."""
+        and the upper halves of vector terms' level blocks."""
         v = self.G @ w
         if sign < 0:
             v = -v
         flat = into.reshape(-1, order="F")
         flat[self._rows] += v
-        if not self.diagonal:
-            flat[self._mirror] += v[self._off]
+        flat[self._mirror] += v[self._off]
         return into
 
     def update_theta(self, theta1: float, Lambda2: sp.csc_matrix, T: list[np.ndarray]) -> None:
@@ -357,7 +367,9 @@ class MappedSchurFactor(SchurFactor):
         d = t2 * self.a + 1.0
         self.theta1, self.d = theta1, d
         self.LD, self.Dinv = np.sqrt(d)[:, None, None], (1.0 / d)[:, None, None]
-        K = self._mapped(t2 / d, self.A22.copy(order="F"), -1.0)
+        K = self._work("S")
+        np.copyto(K, self.A22)
+        K = self._mapped(t2 / d, K, -1.0)
         self.T = T
         S = self._congruence(K)
         S[np.diag_indices_from(S)] += 1.0
@@ -375,9 +387,11 @@ class MappedSchurFactor(SchurFactor):
         self._Sinv = self._Linv = self._Sinv_lower = None
 
     def _congruence(self, K: np.ndarray) -> np.ndarray:
-        """Lambda_2' K Lambda_2 in place (K Fortran order, symmetric or, when Lambda_2 is
-        diagonal, its lower triangle): a trailing term's columns times I (x) T_k, then its
-        rows times I (x) T_k'; a scalar term's are scaled."""
+        """The lower triangle of Lambda_2' K Lambda_2, in place (K Fortran order, valid
+        in its lower triangle and in vector terms' p x p level blocks): a trailing term's
+        columns times I (x) T_k, then its rows times I (x) T_k'; a scalar term's are
+        scaled.  A lower entry of the result reads only lower entries of K and the
+        entries of its own level block (the rest above the diagonal is left garbage)."""
         for (off, p, nl), T in zip(self.terms, self.T):
             end = off + p * nl
             if p == 1:
@@ -398,13 +412,25 @@ class MappedSchurFactor(SchurFactor):
         return int(self.n1 + self.BD.nnz + n2 * (n2 + 1) // 2)
 
     def schur_inverse_lower(self) -> np.ndarray:
-        """S^-1, lower triangle valid (LAPACK potri on L_S), computed once per update."""
+        """S^-1 = L_S^-T L_S^-1, lower triangle valid, computed once per update: LAPACK
+        trtri then lauum (potri's two halves; OpenBLAS threads each, not potri)."""
         if self._Sinv_lower is None:
-            c, info = lapack.dpotri(self.LS, lower=1, overwrite_c=0)
+            X = self._work("Sinv")
+            np.copyto(X, self.LS)
+            X, info = lapack.dtrtri(X, lower=1, overwrite_c=1)
             if info != 0:
                 raise np.linalg.LinAlgError("Schur complement is singular")
-            self._Sinv_lower = c
+            self._Sinv_lower, _ = lapack.dlauum(X, lower=1, overwrite_c=1)
         return self._Sinv_lower
+
+    def _work(self, name: str) -> np.ndarray:
+        """A dense n2 x n2 Fortran-order buffer kept across updates (a fresh one each
+        theta cost its page faults: ~0.1 s at n2 = 5,000): "S" holds K, then S, then
+        L_S; "Sinv" S^-1; "H" the first trace's matrix."""
+        buf = self._buffers.get(name)
+        if buf is None:
+            buf = self._buffers[name] = np.empty((self.n2, self.n2), order="F")
+        return buf
 
     def schur_inverse(self) -> np.ndarray:
         if self._Sinv is None:
@@ -414,7 +440,9 @@ class MappedSchurFactor(SchurFactor):
 
     def first_trace(self) -> np.ndarray:
         """[[tr(S^-1 B D^-2 B')]] via the map G."""
-        H = self._mapped(self.theta1**2 / self.d**2, np.zeros((self.n2,) * 2, order="F"), 1.0)
+        H = self._work("H")
+        H.fill(0.0)
+        H = self._mapped(self.theta1**2 / self.d**2, H, 1.0)
         return np.array([[_lower_inner(self.schur_inverse_lower(), self._congruence(H))]])
 
     def trailing_block_sum(self, off: int, p: int, nl: int) -> np.ndarray:

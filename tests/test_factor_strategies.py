@@ -16,6 +16,8 @@ from sparsemm.solver.optimize import derivatives
 FORMULAS = {
     "vector_trailing": FORMULA,  # (1 | patient) + (1 | physician) + (1 + acei | hospital)
     "scalar_trailing": "y ~ age + acei + (1 | patient) + (1 | physician) + (1 | hospital)",
+    "two_vector_trailing": "y ~ age + acei + (1 | patient) + (1 + acei + egfr | hospital)"
+    " + (1 | physician) + (0 + age | hospital)",
 }
 
 
