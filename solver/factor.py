@@ -243,8 +243,8 @@ class MappedSchurFactor(SchurFactor):
 
     K's correction is a fixed linear map of w:  (A21 diag(w) A12)_jk = sum_s w_s A_js A_ks,
     summed over the levels s of the first term that meet both j and k.  ``G`` holds that
-    map (one row per Fortran-order position of K, one column per level, the products
-    A_js A_ks as values), built once per pattern, its values once per set of
+    map (one row per Fortran-order position of K that some level reaches, one column per
+    level, the products A_js A_ks as values), built once per pattern, its values once per set of
     cross-products; per theta a sparse mat-vec G w replaces the sparse product B D^-1 B'.
     Only K's lower triangle is mapped, and the upper half of each p x p level block of a
     vector term; the congruence Lambda_2' K Lambda_2 is done in place, term by term
@@ -253,7 +253,7 @@ class MappedSchurFactor(SchurFactor):
 
         tr(S^-1 B D^-2 B') = < S^-1, Lambda_2' H Lambda_2 >,   H = G (theta_1^2 / d^2),
 
-    summed over the lower triangle of S^-1 (LAPACK potri) with off-diagonal entries
+    summed over the lower triangle of S^-1 (LAPACK trtri + lauum) with off-diagonal entries
     counted twice, and the trailing block sums are gathered from that triangle too.
     """
 
