@@ -31,7 +31,10 @@ import scipy.sparse as sp
 from scipy.linalg import lapack
 from sksparse.cholmod import CholmodNotPositiveDefiniteError, analyze
 
+from .crossprod import TermLayout
+
 MAX_DENSE_SCHUR = 6000
+TRACE_CHUNK = 4096  # levels of the first term per block of X (B D^-1)
 # below, one thread: two spinning BLAS threads on a busy 2-core machine cost 4-10x
 DENSE_THREADS_FROM = 2500
 
@@ -172,6 +175,54 @@ class SchurFactor:
             self._Sinv = np.tril(c) + np.tril(c, -1).T
         return self._Sinv
 
+    def block_sums(self, layout: TermLayout) -> list[np.ndarray]:
+        """SB_k = sum over the levels of term k of its p x p diagonal blocks of M^-1:
+
+            SB_1 = sum_l D_l^-1 + [ tr(S^-1 K_ac) ]_ac,   K_ac = (B D^-1)_a (B D^-1)_c'
+            SB_k = sum_l (S^-1)_ll                          (k >= 2)
+
+        Two ways to the traces, whichever costs less: S^-1 itself (LAPACK potri) gathered
+        on the pattern of K, or X = L_S^-1 (trtri, half of potri) with
+        tr(S^-1 K_ac) = <X (B D^-1)_a, X (B D^-1)_c>_F  and  (S^-1)_ab = <X e_a, X e_b>."""
+        sums = [self.Dinv.sum(axis=0)]
+        n2 = self.q - self.n1
+        if n2 == 0:
+            return sums
+        # sparse x dense runs ~8x slower per flop than LAPACK here
+        via_inverse = n2**3 / 3 < 8 * n2 * self.BD.nnz
+        sums[0] += self._first_traces_inverse() if via_inverse else self._first_traces_factor()
+        for off, p, nl in trailing_terms(layout, self.n1):
+            idx = off + np.arange(nl)[:, None] * p + np.arange(p)[None, :]
+            if via_inverse:
+                sums.append(self.schur_inverse()[idx[:, :, None], idx[:, None, :]].sum(axis=0))
+            else:
+                X = self.inverse_factor()
+                sums.append(np.einsum("rla,rlb->ab", X[:, idx], X[:, idx]))
+        return sums
+
+    def _first_traces_inverse(self) -> np.ndarray:
+        """[tr(S^-1 K_ac)] from S^-1 gathered on the pattern of K_ac."""
+        p1, Sinv, BD = self.p1, self.schur_inverse(), self.BD
+        out = np.zeros((p1, p1))
+        for a in range(p1):
+            for c in range(a, p1):
+                K = (BD[:, a::p1] @ BD[:, c::p1].T).tocoo()
+                out[a, c] = out[c, a] = float(np.sum(Sinv[K.row, K.col] * K.data))
+        return out
+
+    def _first_traces_factor(self) -> np.ndarray:
+        """[tr(S^-1 K_ac)] as Frobenius products of X (B D^-1), a chunk of levels at a
+        time."""
+        p1, X = self.p1, self.inverse_factor()
+        BDc = self.BD.tocsc()
+        out = np.zeros((p1, p1))
+        for l0 in range(0, self.n1, TRACE_CHUNK * p1):
+            XB = np.asarray(BDc[:, l0 : l0 + TRACE_CHUNK * p1].T @ X.T)  # (chunk, n2)
+            for a in range(p1):
+                for c in range(a, p1):
+                    out[a, c] += float(np.sum(XB[a::p1] * XB[c::p1]))
+        return np.triu(out) + np.triu(out, 1).T
+
     def level_blocks(self, off: int, p: int, levels: np.ndarray) -> np.ndarray:
         """Diagonal blocks of M^-1: D_l^-1 + (B D^-1)_l' S^-1 (B D^-1)_l, or blocks of S^-1."""
         if self.q == self.n1 and off == 0:
@@ -188,6 +239,14 @@ class SchurFactor:
             for c in range(p):
                 out[:, a, c] += np.asarray(BDc[:, a::p].multiply(SBD[:, c::p]).sum(axis=0)).ravel()
         return out
+
+
+def trailing_terms(layout: TermLayout, n1: int) -> list[tuple[int, int, int]]:
+    """(offset in S, p, levels) of each term after the first."""
+    return [
+        (off - n1, p, nl)
+        for off, p, nl in zip(layout.offsets[1:], layout.p[1:], layout.nlevels[1:])
+    ]
 
 
 def _column_split(M: sp.csc_matrix, n1: int) -> tuple[sp.csc_matrix, sp.csc_matrix]:
@@ -437,6 +496,13 @@ class MappedSchurFactor(SchurFactor):
             c = self.schur_inverse_lower()
             self._Sinv = np.tril(c) + np.tril(c, -1).T
         return self._Sinv
+
+    def block_sums(self, layout: TermLayout) -> list[np.ndarray]:
+        """SB_k (see ``SchurFactor.block_sums``): the first trace via the map G, the
+        trailing terms' blocks gathered from the lower triangle of S^-1."""
+        sums = [self.Dinv.sum(axis=0) + self.first_trace()]
+        sums += [self.trailing_block_sum(off, p, nl) for off, p, nl in self.terms]
+        return sums
 
     def first_trace(self) -> np.ndarray:
         """[[tr(S^-1 B D^-2 B')]] via the map G."""

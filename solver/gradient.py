@@ -22,8 +22,9 @@ complement S = M22 - B D^-1 B':
     SB_k = sum_l (S^-1)_ll                         (k >= 2)
 
 and S^-1 is the trailing block of M^-1, from the ``SchurFactor``'s dense Cholesky of S
-(LAPACK potri).  With a CHOLMOD factor (large or sparse S) the gradient is not
-offered and the optimizer falls back to derivative-free BOBYQA.
+(``SchurFactor.block_sums``); the iterative path estimates them by stochastic traces.
+``pls.trace_sums(theta)`` gives them either way.  With a CHOLMOD factor (large or sparse
+S) the gradient is not offered and the optimizer falls back to derivative-free BOBYQA.
 """
 
 from __future__ import annotations
@@ -32,19 +33,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .factor import MappedSchurFactor, SchurFactor
 from .pls import PLS, Criterion, PLSSolution, lower_colmajor
 from .pls_iterative import IterativePLS
 
-TRACE_CHUNK = 4096
 
-
-def gradient_available(pls: object) -> bool:
+def gradient_available(pls: PLS | IterativePLS) -> bool:
     """The Schur factor gives the closed form, the iterative path an estimate of it
     (its SB_k by stochastic traces); CHOLMOD does not."""
-    return isinstance(pls, IterativePLS) or (
-        isinstance(pls, PLS) and isinstance(pls.factor, SchurFactor)
-    )
+    return pls.has_trace_sums
 
 
 def gradient(pls: PLS | IterativePLS, crit: Criterion, sol: PLSSolution) -> np.ndarray | None:
@@ -54,14 +50,12 @@ def gradient(pls: PLS | IterativePLS, crit: Criterion, sol: PLSSolution) -> np.n
     if any(T.shape[0] > 1 and _nearly_singular(T) for T in tmap.blocks(sol.theta)):
         return None
     u, b = pls.modes(sol)
-    F = pls.F(sol) if isinstance(pls, IterativePLS) else _F(pls, sol)
+    F = pls.F(sol)
     Q = cp.ZtX - _A_times(pls, np.asarray(tmap.Lambda(sol.theta) @ F))
     rz = cp.ZtY - cp.ZtX @ sol.beta - _A_times(pls, b)
     Cinv = np.linalg.inv(sol.RX.T @ sol.RX) if crit.p else np.zeros((0, 0))
     CF = F @ Cinv
-    sums = (
-        pls.trace_sums(sol.theta) if isinstance(pls, IterativePLS) else block_sums(pls, sol.theta)
-    )
+    sums = pls.trace_sums(sol.theta)
     out = np.zeros(len(sol.theta))
     j = 0
     layout = tmap.layout
@@ -109,69 +103,3 @@ def _A_times(pls: PLS | IterativePLS, x: np.ndarray) -> np.ndarray:
     """(Z'WZ) x with Z'WZ stored as its lower triangle."""
     A = pls.cp.ZtZ
     return np.asarray(A @ x + A.T @ x - A.diagonal().reshape(-1, *([1] * (x.ndim - 1))) * x)
-
-
-def _F(pls: PLS, sol: PLSSolution) -> np.ndarray:
-    """F = M^-1 Lambda'Z'WX = P' L^-T R_ZX."""
-    return pls.factor.half_solve_t(sol.RZX)
-
-
-def block_sums(pls: PLS, theta: np.ndarray) -> list[np.ndarray]:
-    """SB_k for every term k (see the module docstring); the factor holds ``theta``.
-
-    Two ways to the traces, whichever costs less: S^-1 itself (LAPACK potri) gathered
-    on the pattern of K, or X = L_S^-1 (trtri, half of potri) with
-    tr(S^-1 K_ac) = <X (B D^-1)_a, X (B D^-1)_c>_F  and  (S^-1)_ab = <X e_a, X e_b>."""
-    f = pls.factor
-    assert isinstance(f, SchurFactor)
-    layout = pls.tmap.layout
-    sums = [f.Dinv.sum(axis=0)]
-    if f.n1 == layout.q:
-        return sums
-    n2 = layout.q - f.n1
-    mapped = f.first_trace() if isinstance(f, MappedSchurFactor) else None
-    # sparse x dense runs ~8x slower per flop than LAPACK here
-    via_inverse = mapped is not None or n2**3 / 3 < 8 * n2 * f.BD.nnz
-    if mapped is not None:
-        sums[0] += mapped
-    else:
-        sums[0] += _first_traces_inverse(f) if via_inverse else _first_traces_factor(f)
-    for k in range(1, len(layout.p)):
-        p, nl, off = layout.p[k], layout.nlevels[k], layout.offsets[k] - f.n1
-        sums.append(_trailing_sum(f, via_inverse, off, p, nl))
-    return sums
-
-
-def _trailing_sum(f: SchurFactor, via_inverse: bool, off: int, p: int, nl: int) -> np.ndarray:
-    """SB_k = sum_l (S^-1)_ll over the levels of a trailing term at offset ``off`` in S."""
-    if isinstance(f, MappedSchurFactor):
-        return f.trailing_block_sum(off, p, nl)
-    idx = off + np.arange(nl)[:, None] * p + np.arange(p)[None, :]
-    if via_inverse:
-        return f.schur_inverse()[idx[:, :, None], idx[:, None, :]].sum(axis=0)
-    X = f.inverse_factor()
-    return np.einsum("rla,rlb->ab", X[:, idx], X[:, idx])
-
-
-def _first_traces_inverse(f: SchurFactor) -> np.ndarray:
-    """[tr(S^-1 K_ac)] from S^-1 gathered on the pattern of K_ac."""
-    p1, Sinv = f.p1, f.schur_inverse()
-    out = np.zeros((p1, p1))
-    for a in range(p1):
-        for c in range(a, p1):
-            K = (f.BD[:, a::p1] @ f.BD[:, c::p1].T).tocoo()
-            out[a, c] = out[c, a] = float(np.sum(Sinv[K.row, K.col] * K.data))
-    return out
-
-
-def _first_traces_factor(f: SchurFactor) -> np.ndarray:
-    """[tr(S^-1 K_ac)] as Frobenius products of X (B D^-1), a chunk of levels at a time."""
-    p1, X = f.p1, f.inverse_factor()
-    BDc = f.BD.tocsc()
-    out = np.zeros((p1, p1))
-    for l0 in range(0, f.n1, TRACE_CHUNK * p1):
-        XB = np.asarray(BDc[:, l0 : l0 + TRACE_CHUNK * p1].T @ X.T)  # (chunk, n2)
-        for a in range(p1):
-            for c in range(a, p1):
-                out[a, c] += float(np.sum(XB[a::p1] * XB[c::p1]))
-    return np.triu(out) + np.triu(out, 1).T

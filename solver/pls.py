@@ -29,7 +29,13 @@ from sksparse.cholmod import CholmodTooLargeError
 
 from .crossprod import CrossProducts, TermLayout
 from .errors import InputError
-from .factor import MAX_DENSE_SCHUR, CholmodFactor, MappedSchurFactor, SchurFactor
+from .factor import (
+    MAX_DENSE_SCHUR,
+    CholmodFactor,
+    MappedSchurFactor,
+    SchurFactor,
+    trailing_terms,
+)
 
 MAX_DENSE_BYTES = 4 * 2**30  # a trailing block that fills in densely beyond this is refused
 
@@ -226,6 +232,20 @@ class PLS:
             RX=RX,
         )
 
+    @property
+    def has_trace_sums(self) -> bool:
+        """Whether ``trace_sums`` (and so the closed-form gradient) is offered."""
+        return isinstance(self.factor, SchurFactor)
+
+    def trace_sums(self, theta: np.ndarray) -> list[np.ndarray]:
+        """SB_k (``SchurFactor.block_sums``); the factor must hold ``theta``."""
+        assert isinstance(self.factor, SchurFactor)
+        return self.factor.block_sums(self.tmap.layout)
+
+    def F(self, sol: PLSSolution) -> np.ndarray:
+        """F = M^-1 Lambda'Z'WX = P' L^-T R_ZX (the factor must hold ``sol.theta``)."""
+        return self.factor.half_solve_t(sol.RZX)
+
     def modes(self, sol: PLSSolution) -> tuple[np.ndarray, np.ndarray]:
         """(u, b): spherical and original-scale conditional modes at ``sol``.
 
@@ -251,8 +271,7 @@ def choose_factor(M0: sp.csc_matrix, A: sp.csc_matrix, tmap: ThetaMap, ordering:
     density = 1.0 if ordering == "schur" else _schur_density(M0, n1)
     if n2 <= MAX_DENSE_SCHUR and density >= 0.05:
         if layout.p[0] == 1 and n2 > 0 and MappedSchurFactor.fits(A, n1):
-            terms = list(zip(layout.offsets[1:], layout.p[1:], layout.nlevels[1:]))
-            return MappedSchurFactor(A, n1, [(o - n1, p, nl) for o, p, nl in terms])
+            return MappedSchurFactor(A, n1, trailing_terms(layout, n1))
         return SchurFactor(layout.p[0], n1, layout.q)
     if density >= 0.01 and 4.0 * n2 * n2 > MAX_DENSE_BYTES:
         raise _too_large(n2)

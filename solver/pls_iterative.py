@@ -82,6 +82,8 @@ class IterativePLS:
         assert isinstance(sol, IterativeSolution)
         return sol.F
 
+    has_trace_sums = True
+
     def trace_sums(self, theta: np.ndarray) -> list[np.ndarray]:
         """SB_k, estimated (``SchurOperator.trace_sums``); the operator holds theta."""
         return self.factor.trace_sums(self.tmap.layout)
