@@ -328,11 +328,16 @@ class MappedSchurFactor(SchurFactor):
         self.set_crossproducts(A)
 
     @staticmethod
-    def fits(A: sp.csc_matrix, n1: int, max_pairs: int = 50_000_000) -> bool:
-        """Whether the map G stays small: sum over levels of k (k + 1) / 2, k = the
-        level's non-zeros below the first block."""
+    def map_size(A: sp.csc_matrix, n1: int) -> int:
+        """Non-zeros of the map G: sum over levels of k (k + 1) / 2, k = the level's
+        non-zeros below the first block (-1 if a level has none on the diagonal)."""
         k = np.diff(A.indptr[: n1 + 1]) - 1
-        return bool(np.all(k >= 0) and float(np.sum(k * (k + 1) // 2)) <= max_pairs)
+        return int(np.sum(k * (k + 1) // 2)) if np.all(k >= 0) else -1
+
+    @staticmethod
+    def fits(A: sp.csc_matrix, n1: int, max_pairs: int = 50_000_000) -> bool:
+        """Whether the map G stays small."""
+        return 0 <= MappedSchurFactor.map_size(A, n1) <= max_pairs
 
     def set_crossproducts(self, A: sp.csc_matrix) -> None:
         """New values of Z'WZ (same pattern for PIRLS: the map's structure is kept)."""

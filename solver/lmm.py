@@ -33,7 +33,7 @@ from .optimize import (
     minimize,
     minimize_log_scale,
 )
-from .pls import PLS, Criterion, FactorTooLarge, PLSSolution, ThetaMap
+from .pls import PLS, Criterion, PLSSolution, ThetaMap, exact_or_iterative
 from .pls_iterative import IterativePLS, IterativeSolution
 from .predict import predict
 from .results import FitResult, build_result, ranef_table
@@ -152,14 +152,9 @@ def make_pls(data: ModelData, tmap: ThetaMap, ordering: str) -> PLS | IterativeP
     """The exact PLS (CHOLMOD or dense Schur complement) unless its factor would be too
     large, or ``ordering="iterative"``: then solves and a stochastic log-determinant
     (needs a scalar first term, which it eliminates exactly)."""
-    if ordering == "iterative":
-        return _iterative(data, tmap)
-    try:
-        return PLS(data.cp, tmap, ordering)
-    except FactorTooLarge:
-        if data.layout.p[0] != 1 or ordering != "auto":
-            raise
-        return _iterative(data, tmap)
+    return exact_or_iterative(
+        data.layout, ordering, lambda: PLS(data.cp, tmap, ordering), lambda: _iterative(data, tmap)
+    )
 
 
 def _iterative(data: ModelData, tmap: ThetaMap) -> IterativePLS:

@@ -13,9 +13,10 @@ After ``prepare`` an LMM holds no rows; what its fit allocates is dominated by
     model rows       GLMMs only: the columnar buffer of the rows, Z and Z' as sparse
                      matrices and PIRLS' per-row vectors, O(n (p + width of Z + ...))
 
-``estimate`` decides the factor exactly as the fit will (``pls.choose_factor``; it
-raises ``FactorTooLarge`` where the fit would), at the cost of a second symbolic
-analysis (0.04-0.5 s where fits took 3-90 s).  The constants below come from
+``estimate`` decides the factor exactly as the fit will (``pls.plan_factor`` and
+``exact_or_iterative``; it raises ``FactorTooLarge`` where the fit would), at the cost
+of a second symbolic analysis for CHOLMOD (0.04-0.5 s where fits took 3-90 s); a dense
+Schur complement is sized without building it.  The constants below come from
 ``python -m benchmarks.memory_estimate`` (peak RSS of fits of InstEval, crossed, banded
 and nested synthetic designs and a binary GLMM; benchmarks/results/memory-*.md): the
 estimate was 1.2-2.1x the memory the fit added after the data pass, by design never
@@ -34,9 +35,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from .crossprod import CrossProducts
-from .factor import MappedSchurFactor, SchurFactor
+from .factor import MappedSchurFactor
 from .model import ModelData
-from .pls import FactorTooLarge, ThetaMap, choose_factor
+from .pls import ThetaMap, choose_factor, exact_or_iterative, plan_factor
 
 SCHUR_COPIES = 6  # n2 x n2 doubles alive at the peak of an update and its gradient
 CHOLMOD_BYTES_PER_NNZ = 24  # values, supernodal padding (~1.3x), indices, L's copy
@@ -95,27 +96,35 @@ def estimate(data: ModelData, ordering: str = "auto") -> MemoryEstimate:
     layout, cp = data.layout, data.cp
     tmap = ThetaMap.build(layout)
     M0 = generic_scaled(cp.ZtZ, tmap)
-    if ordering == "iterative":
-        return _iterative_estimate(data, M0)
-    try:
-        factor = choose_factor(M0, cp.ZtZ, tmap, ordering)
-    except FactorTooLarge:
-        if layout.p[0] != 1 or ordering != "auto":
-            raise
-        return _iterative_estimate(data, M0)  # the fit takes the iterative path
+    return exact_or_iterative(
+        layout, ordering, lambda: _exact_estimate(data, M0, tmap, ordering),
+        lambda: _iterative_estimate(data, M0),
+    )  # fmt: skip
+
+
+def _exact_estimate(
+    data: ModelData, M0: sp.csc_matrix, tmap: ThetaMap, ordering: str
+) -> MemoryEstimate:
+    """The exact path: the factor ``plan_factor`` chooses, sized without building it
+    (but CHOLMOD's symbolic analysis, for nnz(L))."""
+    layout, cp = data.layout, data.cp
+    kind, _ = plan_factor(M0, cp.ZtZ, tmap, ordering)
+    n1 = layout.p[0] * layout.nlevels[0]
     n2, exact = 0, True
-    if isinstance(factor, SchurFactor):
-        n2 = layout.q - factor.n1
-        nnz_L = int(factor.n1 * (factor.p1 + 1) // 2 + M0[factor.n1 :].nnz + n2 * (n2 + 1) // 2)
+    if kind != "cholmod":
+        n2 = layout.q - n1
+        nnz_L = int(n1 * (layout.p[0] + 1) // 2 + M0[n1:].nnz + n2 * (n2 + 1) // 2)
         factor_bytes = SCHUR_COPIES * 8 * n2 * n2 + 2 * SPARSE_BYTES_PER_NNZ * M0.nnz
-        if isinstance(factor, MappedSchurFactor):  # its pair map G and G w
-            factor_bytes += 2 * SPARSE_BYTES_PER_NNZ * factor.G.nnz + 8 * n2 * n2
+        if kind == "mapped":  # its pair map G and G w
+            G_nnz = MappedSchurFactor.map_size(cp.ZtZ, n1)
+            factor_bytes += 2 * SPARSE_BYTES_PER_NNZ * G_nnz + 8 * n2 * n2
     else:
+        factor = choose_factor(M0, cp.ZtZ, tmap, ordering)
         counted = symbolic_nnz_L(M0, factor._f.P())  # the permutation the fit will use
         exact = counted is not None
         nnz_L = counted if counted is not None else FILL_GUESS * M0.nnz
         factor_bytes = CHOLMOD_BYTES_PER_NNZ * nnz_L
-    kind = "dense Schur complement" if isinstance(factor, SchurFactor) else "CHOLMOD"
+    kind = "CHOLMOD" if kind == "cholmod" else "dense Schur complement"
     return MemoryEstimate(
         q=layout.q, nnz_ZtZ=2 * cp.ZtZ.nnz - layout.q, factor=kind, n2=n2, nnz_L=nnz_L,
         exact_L=exact,

@@ -260,25 +260,54 @@ class PLS:
 
 
 def choose_factor(M0: sp.csc_matrix, A: sp.csc_matrix, tmap: ThetaMap, ordering: str):
-    """SchurFactor when the complement of the first term is small enough to be dense and
-    dense enough to fill in anyway (or ``ordering="schur"``), updated from theta directly
-    when the first term is scalar and its pair map is not too large; CHOLMOD otherwise."""
+    """The factor ``plan_factor`` chooses, built (``FactorTooLarge`` where it cannot be)."""
+    kind, how = plan_factor(M0, A, tmap, ordering)
+    layout = tmap.layout
+    n1 = layout.p[0] * layout.nlevels[0]
+    if kind == "mapped":
+        return MappedSchurFactor(A, n1, trailing_terms(layout, n1))
+    if kind == "schur":
+        return SchurFactor(layout.p[0], n1, layout.q)
+    try:
+        return CholmodFactor(M0, how)
+    except CholmodTooLargeError:
+        raise _too_large(layout.q - n1) from None
+
+
+def plan_factor(
+    M0: sp.csc_matrix, A: sp.csc_matrix, tmap: ThetaMap, ordering: str
+) -> tuple[str, str]:
+    """(kind, CHOLMOD ordering): "schur" when the complement of the first term is small
+    enough to be dense and dense enough to fill in anyway (or ``ordering="schur"``),
+    "mapped" (updated from theta directly) when besides the first term is scalar and its
+    pair map is not too large; "cholmod" otherwise.  Raises ``FactorTooLarge`` when the
+    trailing block would fill in beyond MAX_DENSE_BYTES."""
     layout = tmap.layout
     n1 = layout.p[0] * layout.nlevels[0]
     n2 = layout.q - n1
     if ordering not in ("auto", "schur"):
-        return CholmodFactor(M0, ordering)
+        return "cholmod", ordering
     density = 1.0 if ordering == "schur" else _schur_density(M0, n1)
     if n2 <= MAX_DENSE_SCHUR and density >= 0.05:
-        if layout.p[0] == 1 and n2 > 0 and MappedSchurFactor.fits(A, n1):
-            return MappedSchurFactor(A, n1, trailing_terms(layout, n1))
-        return SchurFactor(layout.p[0], n1, layout.q)
+        mapped = layout.p[0] == 1 and n2 > 0 and MappedSchurFactor.fits(A, n1)
+        return ("mapped" if mapped else "schur"), ""
     if density >= 0.01 and 4.0 * n2 * n2 > MAX_DENSE_BYTES:
         raise _too_large(n2)
+    return "cholmod", "metis"
+
+
+def exact_or_iterative(layout: TermLayout, ordering: str, exact, iterative):
+    """``exact()`` unless ``ordering="iterative"`` or, with ``"auto"`` and a scalar first
+    term, the exact factor is too large: then ``iterative()`` (the fit's rule, which the
+    memory estimate follows)."""
+    if ordering == "iterative":
+        return iterative()
     try:
-        return CholmodFactor(M0, "metis")
-    except CholmodTooLargeError:
-        raise _too_large(n2) from None
+        return exact()
+    except FactorTooLarge:
+        if layout.p[0] != 1 or ordering != "auto":
+            raise
+        return iterative()
 
 
 def _trailing_block(lam: sp.csc_matrix, n1: int) -> sp.csc_matrix:
