@@ -307,13 +307,15 @@ class MappedSchurFactor(SchurFactor):
     cross-products; per theta a sparse mat-vec G w replaces the sparse product B D^-1 B'.
     Only K's lower triangle is mapped, and the upper half of each p x p level block of a
     vector term; the congruence Lambda_2' K Lambda_2 is done in place, term by term
-    (scaling the rows and columns of a scalar term, p x p products for a vector term's).
-    With the same map the gradient's first trace is
+    (scaling the rows and columns of a scalar term, p x p products for a vector term's),
+    or, when Lambda_2 = diag(lam), as S = (lam lam') o A22 - (lam lam') o G w + I in one
+    pass.  With the same map the gradient's first trace is
 
         tr(S^-1 B D^-2 B') = < S^-1, Lambda_2' H Lambda_2 >,   H = G (theta_1^2 / d^2),
 
     summed over the lower triangle of S^-1 (LAPACK trtri + lauum) with off-diagonal entries
-    counted twice, and the trailing block sums are gathered from that triangle too.
+    counted twice (only over the positions G reaches when Lambda_2 is diagonal), and the
+    trailing block sums are gathered from that triangle too.
     """
 
     def __init__(self, A: sp.csc_matrix, n1: int, terms: list[tuple[int, int, int]]) -> None:
@@ -383,6 +385,7 @@ class MappedSchurFactor(SchurFactor):
         ).tocsr()  # rows: Fortran-order positions of K's lower triangle
         counts = np.diff(G.indptr)
         self._rows = np.flatnonzero(counts)
+        self._row_col = np.divmod(self._rows, n2)[::-1]  # (row, col) in K of each
         self._off = np.flatnonzero(self._in_vector_block(self._rows))
         self._mirror = _mirror(self._rows[self._off], n2)
         order = G.data.astype(np.int64)
@@ -431,24 +434,34 @@ class MappedSchurFactor(SchurFactor):
         d = t2 * self.a + 1.0
         self.theta1, self.d = theta1, d
         self.LD, self.Dinv = np.sqrt(d)[:, None, None], (1.0 / d)[:, None, None]
-        K = self._work("S")
-        np.copyto(K, self.A22)
-        K = self._mapped(t2 / d, K, -1.0)
-        self.T = T
-        S = self._congruence(K)
-        S[np.diag_indices_from(S)] += 1.0
+        self.T, self.lam = T, Lambda2.diagonal()  # lam: Lambda_2 itself when diagonal
         BD = self.A21.copy()
         BD.data = BD.data * (theta1 / d)[self._a21_cols]
         if self.diagonal:
-            BD.data *= Lambda2.diagonal()[BD.indices]
+            S = self._scaled_K(t2 / d)
+            BD.data *= self.lam[BD.indices]
             self.BD = sp.csc_matrix(BD)
         else:
+            K = self._work("S")
+            np.copyto(K, self.A22)
+            S = self._congruence(self._mapped(t2 / d, K, -1.0))
             self.BD = sp.csc_matrix(Lambda2.T @ BD)
+        S[np.diag_indices_from(S)] += 1.0
         LS, info = lapack.dpotrf(S, lower=1, clean=0, overwrite_a=1)
         if info != 0:
             raise np.linalg.LinAlgError("Schur complement is not positive definite")
         self.LS = LS
         self._Sinv = self._Linv = self._Sinv_lower = None
+
+    def _scaled_K(self, w: np.ndarray, chunk: int = 256) -> np.ndarray:
+        """(lam lam') o K(w), lower triangle, in one pass over A22 (Lambda_2 diagonal)."""
+        S, lam = self._work("S"), self.lam
+        for c0 in range(0, self.n2, chunk):
+            c1 = min(self.n2, c0 + chunk)
+            np.multiply(self.A22[:, c0:c1], np.outer(lam, lam[c0:c1]), out=S[:, c0:c1])
+        r, c = self._row_col
+        S.reshape(-1, order="F")[self._rows] -= (self.G @ w) * (lam[r] * lam[c])
+        return S
 
     def _congruence(self, K: np.ndarray) -> np.ndarray:
         """The lower triangle of Lambda_2' K Lambda_2, in place (K Fortran order, valid
@@ -510,10 +523,18 @@ class MappedSchurFactor(SchurFactor):
         return sums
 
     def first_trace(self) -> np.ndarray:
-        """[[tr(S^-1 B D^-2 B')]] via the map G."""
+        """[[tr(S^-1 B D^-2 B')]] via the map G: with Lambda_2 diagonal (lam) a sum over
+        the positions G reaches, else through the dense Lambda_2' H Lambda_2."""
+        w = self.theta1**2 / self.d**2
+        if self.diagonal:
+            r, c = self._row_col
+            lam = self.lam
+            Sinv = self.schur_inverse_lower().reshape(-1, order="F")[self._rows]
+            weight = np.where(r == c, 1.0, 2.0) * lam[r] * lam[c]
+            return np.array([[float(np.sum((self.G @ w) * weight * Sinv))]])
         H = self._work("H")
         H.fill(0.0)
-        H = self._mapped(self.theta1**2 / self.d**2, H, 1.0)
+        H = self._mapped(w, H, 1.0)
         return np.array([[_lower_inner(self.schur_inverse_lower(), self._congruence(H))]])
 
     def trailing_block_sum(self, off: int, p: int, nl: int) -> np.ndarray:
