@@ -348,14 +348,13 @@ class MappedSchurFactor(SchurFactor):
             A.sort_indices()
         if not self._same_pattern(A):
             self._build_map(A)
+            self.A22 = np.zeros((self.n2, self.n2), order="F")  # then only its pattern is set
         data = A.data
         self.a = data[self._diag]  # diagonal of A11: first entry of each level's column
         self.G.data = data[self._i1] * data[self._i2]
-        base = np.zeros((self.n2, self.n2), order="F")
-        flat = base.reshape(-1, order="F")
+        flat = self.A22.reshape(-1, order="F")
         flat[self._a22_pos] = data[self._cut :]  # lower triangle of A22
         flat[self._a22_mirror] = data[self._cut :][self._a22_off]
-        self.A22 = base
         self.A21.data = data[self._below]
 
     def _same_pattern(self, A: sp.csc_matrix) -> bool:
