@@ -24,6 +24,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -51,8 +52,8 @@ class WeightedPass:
     """Cross-products with per-iteration weights over the buffered rows.
 
     Z'WZ keeps the pattern of Z'Z: each row's products z_a z_b (a <= b among its
-    non-zeros) are precomputed with their position in Z'Z's storage, so a pass is one
-    weighted ``bincount`` instead of a sparse matrix product."""
+    non-zeros) are precomputed into a sparse S (one row per stored entry of Z'Z, one
+    column per model row), so that a pass is one product (Z'WZ).data = S w."""
 
     def __init__(self, data: ModelData) -> None:
         rows = data.buffer
@@ -64,9 +65,9 @@ class WeightedPass:
         pattern = data.cp.ZtZ.copy()
         pattern.sort_indices()
         self.indices, self.indptr, self.q = pattern.indices, pattern.indptr, pattern.shape[0]
-        self.pos, self.prod = self._pairs(pattern)
+        self.S = self._pairs(pattern)
 
-    def _pairs(self, pattern: sp.csc_matrix) -> tuple[np.ndarray, np.ndarray]:
+    def _pairs(self, pattern: sp.csc_matrix) -> sp.csr_matrix:
         Z, q = self.Z, self.q
         width = int(np.diff(Z.indptr).max())
         cols = Z.indices.reshape(-1, width).astype(np.int64)
@@ -76,15 +77,17 @@ class WeightedPass:
         col_of = np.repeat(np.arange(q, dtype=np.int64), np.diff(pattern.indptr))
         keys = col_of * q + pattern.indices
         pos = np.searchsorted(keys, lo * q + hi)
-        return pos.astype(np.int64), vals[:, a] * vals[:, b]
+        n, k = pos.shape
+        byrow = sp.csr_matrix(
+            ((vals[:, a] * vals[:, b]).ravel(), pos.ravel(), np.arange(0, n * k + 1, k)),
+            shape=(n, len(keys)),
+        )
+        return byrow.T.tocsr()
 
     def __call__(self, w: np.ndarray, z: np.ndarray, X: np.ndarray) -> CrossProducts:
-        data = np.bincount(
-            self.pos.ravel(), weights=(self.prod * w[:, None]).ravel(), minlength=len(self.indices)
-        )
         WX = X * w[:, None]
         return CrossProducts(
-            ZtZ=sp.csc_matrix((data, self.indices, self.indptr), shape=(self.q, self.q)),
+            ZtZ=sp.csc_matrix((self.S @ w, self.indices, self.indptr), shape=(self.q, self.q)),
             ZtX=np.asarray(self.Zt @ WX),
             ZtY=np.asarray(self.Zt @ (w * z)),
             XtX=X.T @ WX,
@@ -96,6 +99,17 @@ class WeightedPass:
             x_min=np.zeros(0),
             x_max=np.zeros(0),
         )
+
+
+class Iterate(NamedTuple):
+    """One PIRLS iterate: the modes, eta, the link's mu and dmu/deta, and pdev."""
+
+    u: np.ndarray
+    beta: np.ndarray
+    eta: np.ndarray
+    mu: np.ndarray
+    d: np.ndarray
+    pdev: float
 
 
 @dataclass
@@ -137,63 +151,60 @@ class GeneralizedLinearMixedModel:
             np.abs(self.wt * self.y - np.round(self.wt * self.y)) > 1e-7
         ):
             self.notes.append("non-integer #successes in a binomial glm!")
-        self.pls = PLS(self._weighted(eta0, None), self.tmap, ordering)
+        self.lik = fam.likelihood(self.y, self.wt)
+        start = Iterate(np.zeros(0), np.zeros(0), eta0, *fam.link.inverse(eta0), math.inf)
+        self.pls = PLS(self._weighted(start, None), self.tmap, ordering)
         p, q = self.passes.X.shape[1], data.layout.q
         self.state = PirlsState(np.zeros(q), np.zeros(p), eta0)
         self._empty = np.zeros((len(self.y), 0))
 
-    def _weighted(self, eta: np.ndarray, beta: np.ndarray | None) -> CrossProducts:
-        fam = self.family
-        mu, d = fam.link.linkinv(eta), fam.link.mu_eta(eta)
-        w = self.wt * d**2 / fam.variance(mu)
-        z = eta - self.offset + (self.y - mu) / d
+    def _weighted(self, it: Iterate, beta: np.ndarray | None) -> CrossProducts:
+        w = self.wt * it.d**2 / self.family.variance(it.mu)
+        z = it.eta - self.offset + (self.y - it.mu) / it.d
         if beta is None:
             return self.passes(w, z, self.passes.X)
         return self.passes(w, z - self.passes.X @ beta, self._empty)
 
-    def _eta(self, theta: np.ndarray, beta: np.ndarray, u: np.ndarray) -> np.ndarray:
+    def _iterate(self, theta: np.ndarray, u: np.ndarray, beta: np.ndarray) -> Iterate:
+        """eta, mu, dmu/deta and pdev at (theta, beta, u)."""
         b = self.tmap.Lambda(theta) @ u
-        return self.passes.X @ beta + self.passes.Z @ b + self.offset
-
-    def _pdev(self, eta: np.ndarray, u: np.ndarray) -> float:
-        mu = self.family.link.linkinv(eta)
-        return float(np.sum(self.family.dev_resids(self.y, mu, self.wt))) + float(u @ u)
+        eta = self.passes.X @ beta + self.passes.Z @ b + self.offset
+        mu, d = self.family.link.inverse(eta)
+        return Iterate(u, beta, eta, mu, d, self.lik.deviance(mu) + float(u @ u))
 
     def pirls(self, theta: np.ndarray, beta: np.ndarray | None = None) -> PirlsState:
         """Conditional modes at theta (beta inside PIRLS when ``beta`` is None)."""
         st = self.state
         b0 = st.beta if beta is None else beta
-        eta = self._eta(theta, b0, st.u) if st.devres < math.inf else st.eta
-        u, bcur = st.u.copy(), b0.copy()
-        old = self._pdev(eta, u)
+        if st.devres < math.inf:
+            cur = self._iterate(theta, st.u, b0)
+        else:
+            mu, d = self.family.link.inverse(st.eta)
+            cur = Iterate(st.u, b0, st.eta, mu, d, self.lik.deviance(mu))
         it = 0
         while it < PIRLS_MAXIT:
             it += 1
-            self.pls.set_crossproducts(self._weighted(eta, beta))
+            self.pls.set_crossproducts(self._weighted(cur, beta))
             sol = self.pls.solve(theta)
             u_new, _ = self.pls.modes(sol)
-            b_new = sol.beta if beta is None else beta
-            eta, u, bcur, new = self._step_halving(theta, u, bcur, u_new, b_new, old)
-            if abs(old - new) < self.pirls_tol * (abs(new) + 0.1):
+            old = cur.pdev
+            cur = self._step_halving(theta, cur, u_new, sol.beta if beta is None else beta)
+            if abs(old - cur.pdev) < self.pirls_tol * (abs(cur.pdev) + 0.1):
                 break
-            old = new
-        mu = self.family.link.linkinv(eta)
-        devres = float(np.sum(self.family.dev_resids(self.y, mu, self.wt)))
         # log|L|^2 with the weights at the modes, not at wherever PIRLS started from
-        self.pls.set_crossproducts(self._weighted(eta, beta if beta is not None else bcur))
+        self.pls.set_crossproducts(self._weighted(cur, beta if beta is not None else cur.beta))
         logdet = self.pls.solve(theta).logdet_L
-        aic = self.family.aic(self.y, mu, self.wt)
-        self.state = PirlsState(u, bcur, eta, devres, logdet, aic, it, it < PIRLS_MAXIT)
+        devres, aic = self.lik.deviance(cur.mu), self.lik.aic(cur.mu)
+        self.state = PirlsState(cur.u, cur.beta, cur.eta, devres, logdet, aic, it,
+                                it < PIRLS_MAXIT)  # fmt: skip
         return self.state
 
-    def _step_halving(self, theta, u0, b0, u1, b1, old: float):
+    def _step_halving(self, theta, cur: Iterate, u1: np.ndarray, b1: np.ndarray) -> Iterate:
         t = 1.0
         while True:
-            u, b = u0 + t * (u1 - u0), b0 + t * (b1 - b0)
-            eta = self._eta(theta, b, u)
-            new = self._pdev(eta, u)
-            if new <= old * (1 + 1e-12) + 1e-10 or t < 1e-3:
-                return eta, u, b, new
+            new = self._iterate(theta, cur.u + t * (u1 - cur.u), cur.beta + t * (b1 - cur.beta))
+            if new.pdev <= cur.pdev * (1 + 1e-12) + 1e-10 or t < 1e-3:
+                return new
             t /= 2
 
     def laplace(self, theta: np.ndarray, beta: np.ndarray | None = None) -> float:
@@ -248,7 +259,10 @@ class GeneralizedLinearMixedModel:
         """Finite-difference steps: ``delta`` for theta, 1% of beta's (conditional)
         standard errors for beta, so badly scaled columns (age^2) get steps their
         curvature can use, above the ~1e-10 noise PIRLS leaves in d."""
-        self.pls.set_crossproducts(self._weighted(self.state.eta, None))  # X included
+        st = self.state
+        mu, d = self.family.link.inverse(st.eta)
+        cur = Iterate(st.u, st.beta, st.eta, mu, d, math.inf)
+        self.pls.set_crossproducts(self._weighted(cur, None))  # X included
         RX = self.pls.solve(theta).RX
         se = np.sqrt(np.diag(np.linalg.inv(RX.T @ RX))) if RX.size else np.zeros(0)
         return np.concatenate([np.full(len(theta), control.delta), 0.01 * se])
