@@ -12,8 +12,10 @@ reweighted least squares (PIRLS) finds the conditional modes:
                       = -2 log-likelihood (Laplace), as lme4's devfun
 
 Stage 1 (nAGQ = 0) minimises d over theta with beta inside PIRLS; stage 2 minimises
-d over (theta, beta) with PIRLS over u only.  Each PIRLS step is a weighted pass over
-a columnar buffer of the model rows (``WeightedPass``: partial sums, as the LMM pass).
+d over (theta, beta) with PIRLS over u only, by BOBYQA in units where d's curvature
+is about even (beta in its standard errors, theta_j in sqrt(2 / d_jj)).  Each PIRLS
+step is a weighted pass over a columnar buffer of the model rows (``WeightedPass``);
+PIRLS starts from the modes predicted from those at earlier points (``warmstart``).
 Standard errors of beta come from the finite-difference Hessian of d over
 (theta, beta), as lme4's default ``vcov(use.hessian = TRUE)``:  vcov = 2 H^-1.
 """
@@ -36,16 +38,20 @@ from .crossprod import CrossProducts, z_matrix
 from .errors import DataError
 from .family import Family
 from .model import ModelData
-from .optimize import Checked, Control, check_convergence, derivatives, minimize
+from .optimize import Checked, Control, OptimResult, check_convergence, derivatives, minimize
 from .pls import PLS, ThetaMap
 from .results import FitResult, glmm_result, ranef_table
+from .warmstart import WarmStarts
 
 Progress = Callable[[int, float], None]
-PIRLS_TOL = 1e-14  # for the finite-difference Hessian (checks, standard errors)
-PIRLS_TOL_SEARCH = 1e-10  # while BOBYQA searches (it stops at 1e-7)
+PIRLS_TOL = 1e-14  # stage 2 and the finite-difference Hessian (checks, standard errors)
+PIRLS_TOL_STAGE1 = 1e-7  # lme4's tolPwrss: stage 1 only starts stage 2
 PIRLS_MAXIT = 40
 GLMM_DELTA = 1e-3
-STAGE1_TOL = 1e-4  # stage 1 only starts stage 2, which refines theta with beta
+STAGE1_TOL = 1e-4
+STAGE2_TOL = 1e-9
+STAGE2_STEP = 0.5  # BOBYQA's first trust radius in stage 2's units (standard errors)
+CURVATURE_STEP = 1e-2  # forward differences along theta for stage 2's units
 
 
 class WeightedPass:
@@ -156,6 +162,8 @@ class GeneralizedLinearMixedModel:
         self.pls = PLS(self._weighted(start, None), self.tmap, ordering)
         p, q = self.passes.X.shape[1], data.layout.q
         self.state = PirlsState(np.zeros(q), np.zeros(p), eta0)
+        nt = self.tmap.size
+        self.starts = {True: WarmStarts(nt), False: WarmStarts(nt + p)}  # key: beta inside
         self._empty = np.zeros((len(self.y), 0))
 
     def _weighted(self, it: Iterate, beta: np.ndarray | None) -> CrossProducts:
@@ -174,13 +182,7 @@ class GeneralizedLinearMixedModel:
 
     def pirls(self, theta: np.ndarray, beta: np.ndarray | None = None) -> PirlsState:
         """Conditional modes at theta (beta inside PIRLS when ``beta`` is None)."""
-        st = self.state
-        b0 = st.beta if beta is None else beta
-        if st.devres < math.inf:
-            cur = self._iterate(theta, st.u, b0)
-        else:
-            mu, d = self.family.link.inverse(st.eta)
-            cur = Iterate(st.u, b0, st.eta, mu, d, self.lik.deviance(mu))
+        cur = self._start(theta, beta)
         it = 0
         while it < PIRLS_MAXIT:
             it += 1
@@ -195,9 +197,29 @@ class GeneralizedLinearMixedModel:
         self.pls.set_crossproducts(self._weighted(cur, beta if beta is not None else cur.beta))
         logdet = self.pls.solve(theta).logdet_L
         devres, aic = self.lik.deviance(cur.mu), self.lik.aic(cur.mu)
+        if beta is None:
+            self.starts[True].add(theta, np.concatenate([cur.u, cur.beta]))
+        else:
+            self.starts[False].add(np.concatenate([theta, beta]), cur.u)
         self.state = PirlsState(cur.u, cur.beta, cur.eta, devres, logdet, aic, it,
                                 it < PIRLS_MAXIT)  # fmt: skip
         return self.state
+
+    def _start(self, theta: np.ndarray, beta: np.ndarray | None) -> Iterate:
+        """PIRLS's first iterate: the warm starts' prediction of the modes (``warmstart``)
+        or the last modes, whichever has the lower pdev."""
+        st = self.state
+        if st.devres == math.inf:
+            mu, d = self.family.link.inverse(st.eta)
+            return Iterate(st.u, st.beta, st.eta, mu, d, self.lik.deviance(mu))
+        last = self._iterate(theta, st.u, st.beta if beta is None else beta)
+        if beta is None:
+            m = self.starts[True].predict(theta)
+            pred = None if m is None else self._iterate(theta, m[: len(st.u)], m[len(st.u) :])
+        else:
+            m = self.starts[False].predict(np.concatenate([theta, beta]))
+            pred = None if m is None else self._iterate(theta, m, beta)
+        return last if pred is None or last.pdev <= pred.pdev else pred
 
     def _step_halving(self, theta, cur: Iterate, u1: np.ndarray, b1: np.ndarray) -> Iterate:
         t = 1.0
@@ -218,17 +240,15 @@ class GeneralizedLinearMixedModel:
     def fit(self, control: Control = Control(), progress: Progress | None = None) -> GLMMFit:
         started = time.perf_counter()
         nt = self.tmap.size
-        # PIRLS leaves ~1e-10 of noise in d: central differences need a step above it;
-        # BOBYQA stops at 1e-7 (or 1e-10 relative) and the Newton polish finishes
+        # PIRLS leaves ~1e-10 of noise in d: central differences need a step above it.
+        # BOBYQA stops at 1e-9, so that the checks' Hessian (and the standard errors) is
+        # taken where the Newton polish moves theta by ~1e-5 or less
         control = replace(
-            control, delta=max(control.delta, GLMM_DELTA), ftol_abs=1e-7, xtol_abs=1e-7,
-            ftol_rel=1e-10,
+            control, delta=max(control.delta, GLMM_DELTA), ftol_abs=STAGE2_TOL,
+            xtol_abs=STAGE2_TOL, ftol_rel=0.0,
         )  # fmt: skip
         with threadpool_limits(self.pls.factor.blas_limits()):
-            self.pirls_tol = PIRLS_TOL_SEARCH
-            coarse = replace(control, ftol_abs=STAGE1_TOL, xtol_abs=STAGE1_TOL, ftol_rel=0.0)
-            stage1 = minimize(self.laplace, self.tmap.start(), self.tmap.lower(), coarse, progress)
-            self.pirls(stage1.x)
+            stage1 = self._stage1(control, progress)
             steps = self._steps(stage1.x, control)
             x0 = np.concatenate([stage1.x, self.state.beta])
             lower = np.concatenate([self.tmap.lower(), np.full(len(self.state.beta), -np.inf)])
@@ -236,17 +256,8 @@ class GeneralizedLinearMixedModel:
             def joint(x: np.ndarray) -> float:
                 return self.laplace(x[:nt], x[nt:])
 
-            # BOBYQA's trust region is round: search in units where beta's scale
-            # (its standard errors) is comparable to theta's
-            scale = np.where(np.arange(len(x0)) < nt, 1.0, 100.0 * steps)
-
-            def scaled(z: np.ndarray) -> float:
-                return joint(z * scale)
-
-            stage2 = minimize(scaled, x0 / scale, lower / scale, control, progress)
-            stage2 = replace(stage2, x=stage2.x * scale)
+            stage2 = self._stage2(joint, x0, lower, steps, control, progress)
             diag = np.concatenate([self.tmap.diagonal_mask(), np.zeros(len(x0) - nt, bool)])
-            self.pirls_tol = PIRLS_TOL
             checked = check_convergence(joint, stage2.x, lower, diag, control, steps=steps)
             x = checked.x
             vcov = self._vcov(joint, checked, nt, control)
@@ -254,6 +265,39 @@ class GeneralizedLinearMixedModel:
         evals = stage1.evaluations + stage2.evaluations
         result = glmm_result(self, x[:nt], x[nt:], value, vcov, checked.checks, evals)
         return GLMMFit(self, x[:nt], x[nt:], result, time.perf_counter() - started)
+
+    def _stage1(self, control: Control, progress: Progress | None) -> OptimResult:
+        """nAGQ = 0 to STAGE1_TOL with lme4's PIRLS tolerance (it only starts stage 2),
+        then the modes at its optimum to full precision."""
+        self.pirls_tol = PIRLS_TOL_STAGE1
+        coarse = replace(control, ftol_abs=STAGE1_TOL, xtol_abs=STAGE1_TOL)
+        stage1 = minimize(self.laplace, self.tmap.start(), self.tmap.lower(), coarse, progress)
+        self.pirls_tol = PIRLS_TOL
+        self.pirls(stage1.x)
+        return stage1
+
+    def _stage2(self, joint, x0, lower, steps, control, progress) -> OptimResult:
+        """BOBYQA over (theta, beta) from x0.  Its trust region is round: it searches in
+        units where d's curvature is about even, beta in its standard errors and theta_j
+        in sqrt(2 / d_jj), with a first radius of STAGE2_STEP of them."""
+        nt = self.tmap.size
+        scale = np.concatenate([self._theta_scale(joint, x0, nt), 100.0 * steps[nt:]])
+        self.starts[False].scale = scale
+        search = replace(control, initial_step=STAGE2_STEP)
+        res = minimize(lambda z: joint(z * scale), x0 / scale, lower / scale, search, progress)
+        return replace(res, x=res.x * scale)
+
+    def _theta_scale(self, joint, x0: np.ndarray, nt: int) -> np.ndarray:
+        """sqrt(2 / d_jj) for each theta_j (as beta's standard error is sqrt(2 / d_bb)),
+        d_jj by forward second differences at x0; at most 1 (flat or curved down)."""
+        f0, out = joint(x0), np.ones(nt)
+        for j in range(nt):
+            e = np.zeros(len(x0))
+            e[j] = CURVATURE_STEP
+            d2 = (joint(x0 + 2 * e) - 2 * joint(x0 + e) + f0) / CURVATURE_STEP**2
+            if np.isfinite(d2) and d2 > 2.0:
+                out[j] = math.sqrt(2.0 / d2)
+        return out
 
     def _steps(self, theta: np.ndarray, control: Control) -> np.ndarray:
         """Finite-difference steps: ``delta`` for theta, 1% of beta's (conditional)
