@@ -12,8 +12,10 @@ reweighted least squares (PIRLS) finds the conditional modes:
                       = -2 log-likelihood (Laplace), as lme4's devfun
 
 Stage 1 (nAGQ = 0) minimises d over theta with beta inside PIRLS; stage 2 minimises
-d over (theta, beta) with PIRLS over u only.  Each PIRLS step is a weighted pass over
-a columnar buffer of the model rows (``WeightedPass``: partial sums, as the LMM pass).
+d over (theta, beta) with PIRLS over u only, by BOBYQA in units where d's curvature
+is about even (beta in its standard errors, theta_j in sqrt(2 / d_jj)).  Each PIRLS
+step is a weighted pass over a columnar buffer of the model rows (``WeightedPass``);
+PIRLS starts from the modes predicted from those at earlier points (``warmstart``).
 Standard errors of beta come from the finite-difference Hessian of d over
 (theta, beta), as lme4's default ``vcov(use.hessian = TRUE)``:  vcov = 2 H^-1.
 """
@@ -24,6 +26,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -35,24 +38,28 @@ from .crossprod import CrossProducts, z_matrix
 from .errors import DataError
 from .family import Family
 from .model import ModelData
-from .optimize import Checked, Control, check_convergence, derivatives, minimize
+from .optimize import Checked, Control, OptimResult, check_convergence, derivatives, minimize
 from .pls import PLS, ThetaMap
 from .results import FitResult, glmm_result, ranef_table
+from .warmstart import WarmStarts
 
 Progress = Callable[[int, float], None]
-PIRLS_TOL = 1e-14  # for the finite-difference Hessian (checks, standard errors)
-PIRLS_TOL_SEARCH = 1e-10  # while BOBYQA searches (it stops at 1e-7)
+PIRLS_TOL = 1e-14  # stage 2 and the finite-difference Hessian (checks, standard errors)
+PIRLS_TOL_STAGE1 = 1e-7  # lme4's tolPwrss: stage 1 only starts stage 2
 PIRLS_MAXIT = 40
 GLMM_DELTA = 1e-3
-STAGE1_TOL = 1e-4  # stage 1 only starts stage 2, which refines theta with beta
+STAGE1_TOL = 1e-4
+STAGE2_TOL = 1e-9
+STAGE2_STEP = 0.5  # BOBYQA's first trust radius in stage 2's units (standard errors)
+CURVATURE_STEP = 1e-2  # forward differences along theta for stage 2's units
 
 
 class WeightedPass:
     """Cross-products with per-iteration weights over the buffered rows.
 
     Z'WZ keeps the pattern of Z'Z: each row's products z_a z_b (a <= b among its
-    non-zeros) are precomputed with their position in Z'Z's storage, so a pass is one
-    weighted ``bincount`` instead of a sparse matrix product."""
+    non-zeros) are precomputed into a sparse S (one row per stored entry of Z'Z, one
+    column per model row), so that a pass is one product (Z'WZ).data = S w."""
 
     def __init__(self, data: ModelData) -> None:
         rows = data.buffer
@@ -64,9 +71,9 @@ class WeightedPass:
         pattern = data.cp.ZtZ.copy()
         pattern.sort_indices()
         self.indices, self.indptr, self.q = pattern.indices, pattern.indptr, pattern.shape[0]
-        self.pos, self.prod = self._pairs(pattern)
+        self.S = self._pairs(pattern)
 
-    def _pairs(self, pattern: sp.csc_matrix) -> tuple[np.ndarray, np.ndarray]:
+    def _pairs(self, pattern: sp.csc_matrix) -> sp.csr_matrix:
         Z, q = self.Z, self.q
         width = int(np.diff(Z.indptr).max())
         cols = Z.indices.reshape(-1, width).astype(np.int64)
@@ -76,15 +83,17 @@ class WeightedPass:
         col_of = np.repeat(np.arange(q, dtype=np.int64), np.diff(pattern.indptr))
         keys = col_of * q + pattern.indices
         pos = np.searchsorted(keys, lo * q + hi)
-        return pos.astype(np.int64), vals[:, a] * vals[:, b]
+        n, k = pos.shape
+        byrow = sp.csr_matrix(
+            ((vals[:, a] * vals[:, b]).ravel(), pos.ravel(), np.arange(0, n * k + 1, k)),
+            shape=(n, len(keys)),
+        )
+        return byrow.T.tocsr()
 
     def __call__(self, w: np.ndarray, z: np.ndarray, X: np.ndarray) -> CrossProducts:
-        data = np.bincount(
-            self.pos.ravel(), weights=(self.prod * w[:, None]).ravel(), minlength=len(self.indices)
-        )
         WX = X * w[:, None]
         return CrossProducts(
-            ZtZ=sp.csc_matrix((data, self.indices, self.indptr), shape=(self.q, self.q)),
+            ZtZ=sp.csc_matrix((self.S @ w, self.indices, self.indptr), shape=(self.q, self.q)),
             ZtX=np.asarray(self.Zt @ WX),
             ZtY=np.asarray(self.Zt @ (w * z)),
             XtX=X.T @ WX,
@@ -96,6 +105,17 @@ class WeightedPass:
             x_min=np.zeros(0),
             x_max=np.zeros(0),
         )
+
+
+class Iterate(NamedTuple):
+    """One PIRLS iterate: the modes, eta, the link's mu and dmu/deta, and pdev."""
+
+    u: np.ndarray
+    beta: np.ndarray
+    eta: np.ndarray
+    mu: np.ndarray
+    d: np.ndarray
+    pdev: float
 
 
 @dataclass
@@ -137,63 +157,76 @@ class GeneralizedLinearMixedModel:
             np.abs(self.wt * self.y - np.round(self.wt * self.y)) > 1e-7
         ):
             self.notes.append("non-integer #successes in a binomial glm!")
-        self.pls = PLS(self._weighted(eta0, None), self.tmap, ordering)
+        self.lik = fam.likelihood(self.y, self.wt)
+        start = Iterate(np.zeros(0), np.zeros(0), eta0, *fam.link.inverse(eta0), math.inf)
+        self.pls = PLS(self._weighted(start, None), self.tmap, ordering)
         p, q = self.passes.X.shape[1], data.layout.q
         self.state = PirlsState(np.zeros(q), np.zeros(p), eta0)
+        nt = self.tmap.size
+        self.starts = {True: WarmStarts(nt), False: WarmStarts(nt + p)}  # key: beta inside
         self._empty = np.zeros((len(self.y), 0))
 
-    def _weighted(self, eta: np.ndarray, beta: np.ndarray | None) -> CrossProducts:
-        fam = self.family
-        mu, d = fam.link.linkinv(eta), fam.link.mu_eta(eta)
-        w = self.wt * d**2 / fam.variance(mu)
-        z = eta - self.offset + (self.y - mu) / d
+    def _weighted(self, it: Iterate, beta: np.ndarray | None) -> CrossProducts:
+        w = self.wt * it.d**2 / self.family.variance(it.mu)
+        z = it.eta - self.offset + (self.y - it.mu) / it.d
         if beta is None:
             return self.passes(w, z, self.passes.X)
         return self.passes(w, z - self.passes.X @ beta, self._empty)
 
-    def _eta(self, theta: np.ndarray, beta: np.ndarray, u: np.ndarray) -> np.ndarray:
+    def _iterate(self, theta: np.ndarray, u: np.ndarray, beta: np.ndarray) -> Iterate:
+        """eta, mu, dmu/deta and pdev at (theta, beta, u)."""
         b = self.tmap.Lambda(theta) @ u
-        return self.passes.X @ beta + self.passes.Z @ b + self.offset
-
-    def _pdev(self, eta: np.ndarray, u: np.ndarray) -> float:
-        mu = self.family.link.linkinv(eta)
-        return float(np.sum(self.family.dev_resids(self.y, mu, self.wt))) + float(u @ u)
+        eta = self.passes.X @ beta + self.passes.Z @ b + self.offset
+        mu, d = self.family.link.inverse(eta)
+        return Iterate(u, beta, eta, mu, d, self.lik.deviance(mu) + float(u @ u))
 
     def pirls(self, theta: np.ndarray, beta: np.ndarray | None = None) -> PirlsState:
         """Conditional modes at theta (beta inside PIRLS when ``beta`` is None)."""
-        st = self.state
-        b0 = st.beta if beta is None else beta
-        eta = self._eta(theta, b0, st.u) if st.devres < math.inf else st.eta
-        u, bcur = st.u.copy(), b0.copy()
-        old = self._pdev(eta, u)
+        cur = self._start(theta, beta)
         it = 0
         while it < PIRLS_MAXIT:
             it += 1
-            self.pls.set_crossproducts(self._weighted(eta, beta))
+            self.pls.set_crossproducts(self._weighted(cur, beta))
             sol = self.pls.solve(theta)
             u_new, _ = self.pls.modes(sol)
-            b_new = sol.beta if beta is None else beta
-            eta, u, bcur, new = self._step_halving(theta, u, bcur, u_new, b_new, old)
-            if abs(old - new) < self.pirls_tol * (abs(new) + 0.1):
+            old = cur.pdev
+            cur = self._step_halving(theta, cur, u_new, sol.beta if beta is None else beta)
+            if abs(old - cur.pdev) < self.pirls_tol * (abs(cur.pdev) + 0.1):
                 break
-            old = new
-        mu = self.family.link.linkinv(eta)
-        devres = float(np.sum(self.family.dev_resids(self.y, mu, self.wt)))
         # log|L|^2 with the weights at the modes, not at wherever PIRLS started from
-        self.pls.set_crossproducts(self._weighted(eta, beta if beta is not None else bcur))
+        self.pls.set_crossproducts(self._weighted(cur, beta if beta is not None else cur.beta))
         logdet = self.pls.solve(theta).logdet_L
-        aic = self.family.aic(self.y, mu, self.wt)
-        self.state = PirlsState(u, bcur, eta, devres, logdet, aic, it, it < PIRLS_MAXIT)
+        devres, aic = self.lik.deviance(cur.mu), self.lik.aic(cur.mu)
+        if beta is None:
+            self.starts[True].add(theta, np.concatenate([cur.u, cur.beta]))
+        else:
+            self.starts[False].add(np.concatenate([theta, beta]), cur.u)
+        self.state = PirlsState(cur.u, cur.beta, cur.eta, devres, logdet, aic, it,
+                                it < PIRLS_MAXIT)  # fmt: skip
         return self.state
 
-    def _step_halving(self, theta, u0, b0, u1, b1, old: float):
+    def _start(self, theta: np.ndarray, beta: np.ndarray | None) -> Iterate:
+        """PIRLS's first iterate: the warm starts' prediction of the modes (``warmstart``)
+        or the last modes, whichever has the lower pdev."""
+        st = self.state
+        if st.devres == math.inf:
+            mu, d = self.family.link.inverse(st.eta)
+            return Iterate(st.u, st.beta, st.eta, mu, d, self.lik.deviance(mu))
+        last = self._iterate(theta, st.u, st.beta if beta is None else beta)
+        if beta is None:
+            m = self.starts[True].predict(theta)
+            pred = None if m is None else self._iterate(theta, m[: len(st.u)], m[len(st.u) :])
+        else:
+            m = self.starts[False].predict(np.concatenate([theta, beta]))
+            pred = None if m is None else self._iterate(theta, m, beta)
+        return last if pred is None or last.pdev <= pred.pdev else pred
+
+    def _step_halving(self, theta, cur: Iterate, u1: np.ndarray, b1: np.ndarray) -> Iterate:
         t = 1.0
         while True:
-            u, b = u0 + t * (u1 - u0), b0 + t * (b1 - b0)
-            eta = self._eta(theta, b, u)
-            new = self._pdev(eta, u)
-            if new <= old * (1 + 1e-12) + 1e-10 or t < 1e-3:
-                return eta, u, b, new
+            new = self._iterate(theta, cur.u + t * (u1 - cur.u), cur.beta + t * (b1 - cur.beta))
+            if new.pdev <= cur.pdev * (1 + 1e-12) + 1e-10 or t < 1e-3:
+                return new
             t /= 2
 
     def laplace(self, theta: np.ndarray, beta: np.ndarray | None = None) -> float:
@@ -207,17 +240,15 @@ class GeneralizedLinearMixedModel:
     def fit(self, control: Control = Control(), progress: Progress | None = None) -> GLMMFit:
         started = time.perf_counter()
         nt = self.tmap.size
-        # PIRLS leaves ~1e-10 of noise in d: central differences need a step above it;
-        # BOBYQA stops at 1e-7 (or 1e-10 relative) and the Newton polish finishes
+        # PIRLS leaves ~1e-10 of noise in d: central differences need a step above it.
+        # BOBYQA stops at 1e-9, so that the checks' Hessian (and the standard errors) is
+        # taken where the Newton polish moves theta by ~1e-5 or less
         control = replace(
-            control, delta=max(control.delta, GLMM_DELTA), ftol_abs=1e-7, xtol_abs=1e-7,
-            ftol_rel=1e-10,
+            control, delta=max(control.delta, GLMM_DELTA), ftol_abs=STAGE2_TOL,
+            xtol_abs=STAGE2_TOL, ftol_rel=0.0,
         )  # fmt: skip
         with threadpool_limits(self.pls.factor.blas_limits()):
-            self.pirls_tol = PIRLS_TOL_SEARCH
-            coarse = replace(control, ftol_abs=STAGE1_TOL, xtol_abs=STAGE1_TOL, ftol_rel=0.0)
-            stage1 = minimize(self.laplace, self.tmap.start(), self.tmap.lower(), coarse, progress)
-            self.pirls(stage1.x)
+            stage1 = self._stage1(control, progress)
             steps = self._steps(stage1.x, control)
             x0 = np.concatenate([stage1.x, self.state.beta])
             lower = np.concatenate([self.tmap.lower(), np.full(len(self.state.beta), -np.inf)])
@@ -225,17 +256,8 @@ class GeneralizedLinearMixedModel:
             def joint(x: np.ndarray) -> float:
                 return self.laplace(x[:nt], x[nt:])
 
-            # BOBYQA's trust region is round: search in units where beta's scale
-            # (its standard errors) is comparable to theta's
-            scale = np.where(np.arange(len(x0)) < nt, 1.0, 100.0 * steps)
-
-            def scaled(z: np.ndarray) -> float:
-                return joint(z * scale)
-
-            stage2 = minimize(scaled, x0 / scale, lower / scale, control, progress)
-            stage2 = replace(stage2, x=stage2.x * scale)
+            stage2 = self._stage2(joint, x0, lower, steps, control, progress)
             diag = np.concatenate([self.tmap.diagonal_mask(), np.zeros(len(x0) - nt, bool)])
-            self.pirls_tol = PIRLS_TOL
             checked = check_convergence(joint, stage2.x, lower, diag, control, steps=steps)
             x = checked.x
             vcov = self._vcov(joint, checked, nt, control)
@@ -244,11 +266,47 @@ class GeneralizedLinearMixedModel:
         result = glmm_result(self, x[:nt], x[nt:], value, vcov, checked.checks, evals)
         return GLMMFit(self, x[:nt], x[nt:], result, time.perf_counter() - started)
 
+    def _stage1(self, control: Control, progress: Progress | None) -> OptimResult:
+        """nAGQ = 0 to STAGE1_TOL with lme4's PIRLS tolerance (it only starts stage 2),
+        then the modes at its optimum to full precision."""
+        self.pirls_tol = PIRLS_TOL_STAGE1
+        coarse = replace(control, ftol_abs=STAGE1_TOL, xtol_abs=STAGE1_TOL)
+        stage1 = minimize(self.laplace, self.tmap.start(), self.tmap.lower(), coarse, progress)
+        self.pirls_tol = PIRLS_TOL
+        self.pirls(stage1.x)
+        return stage1
+
+    def _stage2(self, joint, x0, lower, steps, control, progress) -> OptimResult:
+        """BOBYQA over (theta, beta) from x0.  Its trust region is round: it searches in
+        units where d's curvature is about even, beta in its standard errors and theta_j
+        in sqrt(2 / d_jj), with a first radius of STAGE2_STEP of them."""
+        nt = self.tmap.size
+        scale = np.concatenate([self._theta_scale(joint, x0, nt), 100.0 * steps[nt:]])
+        self.starts[False].scale = scale
+        search = replace(control, initial_step=STAGE2_STEP)
+        res = minimize(lambda z: joint(z * scale), x0 / scale, lower / scale, search, progress)
+        return replace(res, x=res.x * scale)
+
+    def _theta_scale(self, joint, x0: np.ndarray, nt: int) -> np.ndarray:
+        """sqrt(2 / d_jj) for each theta_j (as beta's standard error is sqrt(2 / d_bb)),
+        d_jj by forward second differences at x0; at most 1 (flat or curved down)."""
+        f0, out = joint(x0), np.ones(nt)
+        for j in range(nt):
+            e = np.zeros(len(x0))
+            e[j] = CURVATURE_STEP
+            d2 = (joint(x0 + 2 * e) - 2 * joint(x0 + e) + f0) / CURVATURE_STEP**2
+            if np.isfinite(d2) and d2 > 2.0:
+                out[j] = math.sqrt(2.0 / d2)
+        return out
+
     def _steps(self, theta: np.ndarray, control: Control) -> np.ndarray:
         """Finite-difference steps: ``delta`` for theta, 1% of beta's (conditional)
         standard errors for beta, so badly scaled columns (age^2) get steps their
         curvature can use, above the ~1e-10 noise PIRLS leaves in d."""
-        self.pls.set_crossproducts(self._weighted(self.state.eta, None))  # X included
+        st = self.state
+        mu, d = self.family.link.inverse(st.eta)
+        cur = Iterate(st.u, st.beta, st.eta, mu, d, math.inf)
+        self.pls.set_crossproducts(self._weighted(cur, None))  # X included
         RX = self.pls.solve(theta).RX
         se = np.sqrt(np.diag(np.linalg.inv(RX.T @ RX))) if RX.size else np.zeros(0)
         return np.concatenate([np.full(len(theta), control.delta), 0.01 * se])
