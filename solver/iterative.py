@@ -8,7 +8,8 @@ The first term (scalar, the most levels) is eliminated exactly, as in ``SchurFac
                                  [ B   M22]    B = Lambda_2' A21 theta_1
     S = M22 - B D^-1 B' = I + Lambda_2' (A22 - A21 diag(w) A12) Lambda_2,   w = theta_1^2 / d
 
-S is applied matrix-free (two sparse products with A21, one with A22).  Solves:
+S is applied matrix-free: A22 and the Gram product A21 diag(w) A12 over chunks of the
+first term's levels on all cores (``gram.ChunkedGram``).  Solves:
 
     M x = r:   x2 = S^-1 (r2 - B D^-1 r1)  by preconditioned CG,   x1 = D^-1 (r1 - B' x2)
 
@@ -25,7 +26,12 @@ E has zero diagonal blocks, so tr(A~ - I) = 0 exactly, and the trace is estimate
 
 with m fixed probes drawn once per model (common random numbers: the estimate is a
 smooth, deterministic function of theta, which a derivative-free optimizer can use);
-its Monte Carlo standard error is sd_i / sqrt(m), reported with the fit.
+its Monte Carlo standard error is sd_i / sqrt(m), reported with the fit.  T_i comes from
+CG on A~ x_i = z_i (CG's coefficients are Lanczos's), so the same steps give the solves
+A~^-1 z_i that the gradient's traces need.  Those products over the first term run in
+float32 (their error ~1e-7 |E z|, E = A~ - I; CG to a relative residual of 1e-6, where
+the quadrature has settled to ~1e-12): at 1M EHR rows log|M| moved by < 1e-6 against
+float64 products and 1e-12 residuals, its standard error 5e-4.
 """
 
 from __future__ import annotations
@@ -36,10 +42,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from .crossprod import TermLayout
+from .gram import ChunkedGram
 
 PROBES = 64  # Rademacher probe vectors for the log-determinant
-LANCZOS_MAX = 60  # Lanczos steps at most (A~ is well conditioned: ~10-20 suffice)
-LANCZOS_TOL = 1e-12  # stop when every probe's quadrature moves less than this
+PROBE_DTYPE = np.float32  # of the products over the first term in the probes' CG
+PROBE_TOL = 1e-6  # relative residual of the probes' CG (float32 products: ~1e-7 at best)
+PROBE_MAXIT = 60  # CG steps at most on the probes (A~ is well conditioned: ~10 suffice)
 CG_TOL = 1e-12  # relative residual of the PCG solves
 CG_MAXIT = 1000
 # block Krylov deflation (starting vectors, powers of A~): the first of these whose
@@ -160,6 +168,8 @@ class SchurOperator:
         self.A12 = self.A21.T.tocsr()
         L22 = lower[n1:, n1:]
         self.A22 = (L22 + sp.tril(L22, -1).T).tocsr()
+        self.gram = ChunkedGram(self.A12)
+        self.gram_probes = ChunkedGram(self.A12, PROBE_DTYPE)
         self.clusters = trailing_clusters(self.A22, layout, n1)
         self._within = _within_pairs(self.A21, self.A22, self.clusters)
         rng = np.random.default_rng(SEED)
@@ -168,6 +178,7 @@ class SchurOperator:
         self.deflation: tuple[int, int] | None = None  # chosen at the first logdet
         self._approx: _ApproxInverse | None = None  # per theta, for level_blocks
         self._Pinv: list[np.ndarray] | None = None  # per theta
+        self._inverse_probes: np.ndarray | None = None  # A~^-1 [W, Q Z], per theta
         self.cg_iterations = 0
 
     @property
@@ -180,7 +191,10 @@ class SchurOperator:
         return int(sum(b.shape[0] for b in self.clusters.batches))
 
     def blas_limits(self) -> dict[str, int] | None:
-        return None
+        """One BLAS thread: the products run on all cores (``ChunkedGram``) and the dense
+        work is small batches (the cluster blocks) and tall QRs, where OpenBLAS's second
+        thread spinning beside a busy core made them 5-15x slower (EHR 1M rows)."""
+        return {"libscipy_openblas": 1}
 
     def level_blocks(self, off: int, p: int, levels: np.ndarray) -> np.ndarray:
         """Approximate diagonal blocks of M^-1 (for conditional variances): with the
@@ -249,6 +263,7 @@ class SchurOperator:
         self.Cinv = self._block_factors()
         self._approx = None
         self._Pinv = None
+        self._inverse_probes = None
 
     def _block_factors(self) -> list[np.ndarray]:
         """C_c^-1 for every cluster block P_c = S[c, c] = C_c C_c'; log|P|, the C_c and
@@ -270,10 +285,10 @@ class SchurOperator:
         self.C = factors
         return out
 
-    def apply(self, V: np.ndarray) -> np.ndarray:
-        """S V."""
+    def apply(self, V: np.ndarray, gram: ChunkedGram | None = None) -> np.ndarray:
+        """S V (the products over the first term by ``gram``, the float64 one by default)."""
         LV = self.lam2 @ V
-        inner = self.A22 @ LV - self.A21 @ (self.w[:, None] * (self.A12 @ LV))
+        inner = self.A22 @ LV - (gram or self.gram)(self.w, LV)
         return V + self.lam2t @ inner
 
     def _blocks(self, V: np.ndarray, transpose: bool, inverse: bool = True) -> np.ndarray:
@@ -317,29 +332,35 @@ class SchurOperator:
         (block Krylov from fixed vectors: it catches the few outlying eigenvalues of A~
         that carry most of the variance) by Lanczos quadrature from W's columns, the rest
         by Hutchinson on (I - W W') z (unbiased whatever W is).  The deflation is chosen
-        once, at the first theta (``DEFLATIONS``, ``SE_TARGET``), then kept: the
-        estimate stays a deterministic function of theta."""
+        once, at the first theta, then kept (the estimate stays a deterministic function
+        of theta): the first of ``DEFLATIONS`` whose standard error is within SE_TARGET,
+        or, if none is, the one with the least variance per product column,
+        se^2 (width + probes) (EHR 10M rows: the widest cut the SE only from 4.8e-3 to
+        4.2e-3 with 6.7x the columns; at 1M from 1.4e-3 to 4.7e-4, and is kept)."""
         if self.deflation is not None:
             return self._logdet(self.deflation)
+        cost: dict[tuple[int, int], float] = {}
         for choice in DEFLATIONS:
             ld = self._logdet(choice)
             if ld.std_error <= SE_TARGET or self.deflation_width >= self.n2:
-                break
-        self.deflation = choice
-        return ld
+                return ld
+            cost[choice] = ld.std_error**2 * (self.deflation_width + ld.probes)
+        best = min(cost, key=lambda c: cost[c])
+        return ld if best == choice else self._logdet(best)
 
     def _logdet(self, deflation: tuple[int, int]) -> LogDet:
         self.deflation = deflation
         W = self._deflation_space(*deflation)
         self.W = W
-        on_w, steps_w = _lanczos_quadrature(self._tilde, W)
         Zq = self.Z - W @ (W.T @ self.Z)
-        per_probe, steps = _lanczos_quadrature(self._tilde, Zq)
+        probes = np.column_stack([W, Zq])
+        values, self._inverse_probes, steps = _cg_quadrature(self._tilde_probes, probes)
+        on_w, per_probe = values[: W.shape[1]], values[W.shape[1] :]
         m = per_probe.shape[0]
         trace = float(on_w.sum() + per_probe.mean())
         se = float(per_probe.std(ddof=1) / np.sqrt(m)) if m > 1 else float("inf")
         value = float(np.sum(np.log(self.d))) + self.logdet_P + trace
-        return LogDet(value, se, m, max(steps, steps_w))
+        return LogDet(value, se, m, steps)
 
     def _deflation_space(self, width: int, rounds: int) -> np.ndarray:
         """Orthonormal basis of [Y, A~Y, ..., A~^r Y] for fixed random Y (n2 x width)."""
@@ -363,11 +384,12 @@ class SchurOperator:
             SB_1 = sum 1/d + tr(S^-1 V V'),  V = Lambda_2' A21 theta_1 D^-1   (first term)
             SB_k[a, b] = sum_l (S^-1)_{(l,a),(l,b)}                           (the others)
         """
+        if self._inverse_probes is None:
+            self.logdet()
+        assert self._inverse_probes is not None
         W, Z = self.W, self.Z
-        Zq = Z - W @ (W.T @ Z)
-        probes = np.column_stack([W, Zq])
-        inv = self._blocks(self.solve(self._blocks(probes, False, inverse=False)), True, False)
-        diff = inv - probes  # (A~^-1 - I) [W, Q Z]: small, A~ is near I
+        probes = np.column_stack([W, Z - W @ (W.T @ Z)])
+        diff = self._inverse_probes - probes  # (A~^-1 - I) [W, Q Z]: small, A~ is near I
         r = W.shape[1]
         ct = self._blocks(np.column_stack([W, Z]), True)  # C^-T [W, Z]
 
@@ -377,8 +399,7 @@ class SchurOperator:
             return exact + float(prods[:r].sum() + prods[r:].mean())
 
         scale = self.theta1 / self.d
-        Vt = scale[:, None] * (self.A12 @ (self.lam2 @ ct))
-        XCt = self.lam2t @ (self.A21 @ (scale[:, None] * Vt))
+        XCt = self.lam2t @ self.gram_probes(scale * scale, self.lam2 @ ct)
         exact = self._trace_P_inv_VVt(scale * scale)
         sums = [np.array([[float(np.sum(1.0 / self.d)) + trace(XCt, exact)]])]
         for off, p, nl in zip(layout.offsets[1:], layout.p[1:], layout.nlevels[1:]):
@@ -402,9 +423,13 @@ class SchurOperator:
             total += float(np.sum(P * X))
         return total
 
-    def _tilde(self, V: np.ndarray) -> np.ndarray:
-        """A~ V = C^-1 S C^-T V."""
-        return self._blocks(self.apply(self._blocks(V, True)), False)
+    def _tilde(self, V: np.ndarray, gram: ChunkedGram | None = None) -> np.ndarray:
+        """A~ V = C^-1 S C^-T V (``gram`` as in ``apply``)."""
+        return self._blocks(self.apply(self._blocks(V, True), gram), False)
+
+    def _tilde_probes(self, V: np.ndarray) -> np.ndarray:
+        """A~ V with the products over the first term in PROBE_DTYPE."""
+        return self._tilde(V, self.gram_probes)
 
     # -- the full system M ---------------------------------------------------------
     def solve_M(self, R: np.ndarray) -> np.ndarray:
@@ -417,33 +442,50 @@ class SchurOperator:
         return np.vstack([X1, X2])
 
 
-def _lanczos_quadrature(op, Z: np.ndarray) -> tuple[np.ndarray, int]:
-    """Per probe z: |z|^2 e_1' f(T) e_1 with f(x) = log x - (x - 1), T the Lanczos
-    tridiagonal of ``op`` from z, steps added until every probe's value settles."""
-    m = Z.shape[1]
-    norms2 = np.sum(Z * Z, axis=0)
-    Q_prev = np.zeros_like(Z)
-    Q = Z / np.sqrt(norms2)
-    alphas: list[np.ndarray] = []
-    betas: list[np.ndarray] = []
-    beta = np.zeros(m)
-    last = np.full(m, np.inf)
-    values = np.zeros(m)
-    for step in range(1, LANCZOS_MAX + 1):
-        W = op(Q) - Q_prev * beta
-        alpha = np.sum(Q * W, axis=0)
-        W -= Q * alpha
-        alphas.append(alpha)
-        values = norms2 * _quadrature(np.array(alphas), np.array(betas))
-        if np.all(np.abs(values - last) <= LANCZOS_TOL * np.maximum(1.0, np.abs(values))):
-            return values, step
-        last = values
-        beta = np.linalg.norm(W, axis=0)
-        if np.any(beta <= 1e-14):  # an invariant subspace: T is exact for that probe
-            return values, step
-        betas.append(beta)
-        Q_prev, Q = Q, W / beta
-    return values, LANCZOS_MAX
+def _cg_quadrature(op, B: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """CG on A~ X = B, all columns at once, until every relative residual is within
+    PROBE_TOL, and from its coefficients (a_j, b_j) each column's Lanczos tridiagonal T,
+
+        T_jj = 1/a_j + b_{j-1}/a_{j-1},   T_j,j+1 = sqrt(b_j)/a_j,
+
+    for |b|^2 e_1' f(T) e_1, f(x) = log x - (x - 1).  Returns those values, X = A~^-1 B
+    and the steps.  The quadrature's error falls like CG's A-norm error, about the
+    residual squared, so it has settled far below PROBE_TOL when CG stops."""
+    cg = _CGLanczos(B)
+    steps = 0
+    while cg.active.any() and steps < PROBE_MAXIT:
+        cg.step(op(cg.P))
+        steps += 1
+    return cg.norms2 * _quadrature(np.array(cg.diag), np.array(cg.off)), cg.X, steps
+
+
+class _CGLanczos:
+    """CG's state per column and the tridiagonals built so far.  A converged column
+    stops moving and its T is continued by decoupled 1s (f(1) = 0, no weight on e_1)."""
+
+    def __init__(self, B: np.ndarray) -> None:
+        self.norms2 = np.sum(B * B, axis=0)
+        self.X, self.R, self.P = np.zeros_like(B), B.copy(), B.copy()
+        self.rr, self.ratio = self.norms2.copy(), np.zeros(B.shape[1])
+        self.active = self.norms2 > 0
+        self.diag: list[np.ndarray] = []
+        self.off: list[np.ndarray] = []
+
+    def step(self, AP: np.ndarray) -> None:
+        act = self.active
+        alpha = np.where(act, self.rr / np.where(act, np.sum(self.P * AP, axis=0), 1.0), 0.0)
+        inv_alpha = np.where(act, 1.0 / np.where(act, alpha, 1.0), 0.0)
+        self.X += self.P * alpha
+        self.R -= AP * alpha
+        self.diag.append(np.where(act, inv_alpha + self.ratio, 1.0))
+        rr = np.sum(self.R * self.R, axis=0)
+        beta = np.where(act, rr / np.where(act, self.rr, 1.0), 0.0)
+        act &= rr > PROBE_TOL**2 * self.norms2
+        if act.any():  # T grows by one more row and column
+            self.off.append(np.where(act, np.sqrt(beta) * inv_alpha, 0.0))
+        self.ratio = np.where(act, beta * inv_alpha, 0.0)
+        self.P = self.R + self.P * beta
+        self.rr = rr
 
 
 def _quadrature(alphas: np.ndarray, betas: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from benchmarks.ehr_generator import FORMULA, generate
 from sparsemm import solver
@@ -102,3 +103,18 @@ def test_vector_first_term_is_refused_clearly() -> None:
     data = solver.prepare("y ~ acei + (acei | physician) + (1 | hospital)", generate(3_000, 1))
     with pytest.raises(solver.InputError, match="scalar first random-effects term"):
         LinearMixedModel(data, ordering="iterative")
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+def test_chunked_gram_matches_the_plain_products(monkeypatch, kernels: bool) -> None:
+    """A21 diag(w) A12 X over threads and chunks, with scipy's private kernels or the
+    public products, equals the two sparse products."""
+    from sparsemm.solver import gram
+
+    monkeypatch.setattr(gram, "KERNELS", kernels and gram.KERNELS)
+    monkeypatch.setattr(gram, "CHUNK_LEVELS", 7)
+    rng = np.random.default_rng(4)
+    A12 = sp.random(50, 9, density=0.3, format="csr", random_state=5)
+    w, X = rng.uniform(0.5, 2.0, 50), rng.normal(size=(9, 4))
+    expected = A12.T @ (w[:, None] * (A12 @ X))
+    np.testing.assert_allclose(gram.ChunkedGram(A12)(w, X), expected, rtol=1e-12, atol=1e-12)
