@@ -368,7 +368,7 @@ class MappedSchurFactor(SchurFactor):
     def _build_map(self, A: sp.csc_matrix) -> None:
         """Pairs (j >= k) of entries below the first block within each level's column,
         and where A's stored values go (diagonal of A11, A21, the lower triangle of A22
-        and, unless Lambda_2 is diagonal, its mirror).  G is stored by rows, only those
+        and its mirror within vector terms' level blocks).  G is stored by rows, only those
         of positions some level reaches (``_rows``): a mat-vec then gathers from w."""
         n1, n2 = self.n1, self.n2
         ptr, idx = A.indptr, A.indices
@@ -385,6 +385,7 @@ class MappedSchurFactor(SchurFactor):
         counts = np.diff(G.indptr)
         self._rows = np.flatnonzero(counts)
         self._row_col = np.divmod(self._rows, n2)[::-1]  # (row, col) in K of each
+        self._pair_weight = np.where(self._row_col[0] == self._row_col[1], 1.0, 2.0)
         self._off = np.flatnonzero(self._in_vector_block(self._rows))
         self._mirror = _mirror(self._rows[self._off], n2)
         order = G.data.astype(np.int64)
@@ -415,12 +416,10 @@ class MappedSchurFactor(SchurFactor):
         col, row = np.divmod(pos, self.n2)
         return (row != col) & (block[row] == block[col])
 
-    def _mapped(self, w: np.ndarray, into: np.ndarray, sign: float) -> np.ndarray:
-        """into += sign * A21 diag(w) A12 (n2 x n2, Fortran order): its lower triangle
-        and the upper halves of vector terms' level blocks."""
+    def _mapped(self, w: np.ndarray, into: np.ndarray) -> np.ndarray:
+        """into += A21 diag(w) A12 (n2 x n2, Fortran order): its lower triangle and the
+        upper halves of vector terms' level blocks."""
         v = self.G @ w
-        if sign < 0:
-            v = -v
         flat = into.reshape(-1, order="F")
         flat[self._rows] += v
         flat[self._mirror] += v[self._off]
@@ -443,7 +442,7 @@ class MappedSchurFactor(SchurFactor):
         else:
             K = self._work("S")
             np.copyto(K, self.A22)
-            S = self._congruence(self._mapped(t2 / d, K, -1.0))
+            S = self._congruence(self._mapped(-t2 / d, K))
             self.BD = sp.csc_matrix(Lambda2.T @ BD)
         S[np.diag_indices_from(S)] += 1.0
         LS, info = lapack.dpotrf(S, lower=1, clean=0, overwrite_a=1)
@@ -527,13 +526,12 @@ class MappedSchurFactor(SchurFactor):
         w = self.theta1**2 / self.d**2
         if self.diagonal:
             r, c = self._row_col
-            lam = self.lam
             Sinv = self.schur_inverse_lower().reshape(-1, order="F")[self._rows]
-            weight = np.where(r == c, 1.0, 2.0) * lam[r] * lam[c]
+            weight = self._pair_weight * self.lam[r] * self.lam[c]
             return np.array([[float(np.sum((self.G @ w) * weight * Sinv))]])
         H = self._work("H")
         H.fill(0.0)
-        H = self._mapped(w, H, 1.0)
+        H = self._mapped(w, H)
         return np.array([[_lower_inner(self.schur_inverse_lower(), self._congruence(H))]])
 
     def trailing_block_sum(self, off: int, p: int, nl: int) -> np.ndarray:
