@@ -178,6 +178,7 @@ class SchurOperator:
         self.deflation: tuple[int, int] | None = None  # chosen at the first logdet
         self._approx: _ApproxInverse | None = None  # per theta, for level_blocks
         self._Pinv: list[np.ndarray] | None = None  # per theta
+        self._probes: np.ndarray | None = None  # [W, Q Z] of the chosen deflation
         self._inverse_probes: np.ndarray | None = None  # A~^-1 [W, Q Z], per theta
         self.cg_iterations = 0
 
@@ -353,7 +354,7 @@ class SchurOperator:
         W = self._deflation_space(*deflation)
         self.W = W
         Zq = self.Z - W @ (W.T @ self.Z)
-        probes = np.column_stack([W, Zq])
+        probes = self._probes = np.column_stack([W, Zq])
         values, self._inverse_probes, steps = _cg_quadrature(self._tilde_probes, probes)
         on_w, per_probe = values[: W.shape[1]], values[W.shape[1] :]
         m = per_probe.shape[0]
@@ -386,10 +387,9 @@ class SchurOperator:
         """
         if self._inverse_probes is None:
             self.logdet()
-        assert self._inverse_probes is not None
+        assert self._inverse_probes is not None and self._probes is not None
         W, Z = self.W, self.Z
-        probes = np.column_stack([W, Z - W @ (W.T @ Z)])
-        diff = self._inverse_probes - probes  # (A~^-1 - I) [W, Q Z]: small, A~ is near I
+        diff = self._inverse_probes - self._probes  # (A~^-1 - I) [W, Q Z]: small, A~ ~ I
         r = W.shape[1]
         ct = self._blocks(np.column_stack([W, Z]), True)  # C^-T [W, Z]
 
