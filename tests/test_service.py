@@ -88,12 +88,6 @@ def server(root: Path, token_file: Path, tmp_path_factory: pytest.TempPathFactor
     srv.stop(grace=1.0)
 
 
-@pytest.fixture(scope="module")
-def client(server: str) -> Iterator[Client]:
-    with Client(server, token=TOKEN) as c:
-        yield c
-
-
 # ------------------------------------------------------------------ results
 
 

@@ -38,12 +38,6 @@ def server(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
 
 
 @pytest.fixture(scope="module")
-def client(server: str) -> Iterator[Client]:
-    with Client(server, token=TOKEN) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def local(root: Path) -> dict:
     data = str(root / "sleepstudy.parquet")
     small, big = solver.fit(SMALL, data, reml=False), solver.fit(BIG, data, reml=False)

@@ -43,12 +43,6 @@ def server(dirs: dict[str, Path]) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def client(server: str) -> Iterator[Client]:
-    with Client(server, token=TOKEN) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def fit_job(client: Client) -> str:
     return str(client.fit(FORMULA, "sleepstudy.parquet", ranef=False).job_id)
 
