@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg as la
 import scipy.sparse as sp
-from scipy.linalg import lapack
+from scipy.linalg import blas, lapack
 from sksparse.cholmod import CholmodNotPositiveDefiniteError, analyze
 
 from .crossprod import TermLayout
@@ -37,6 +37,8 @@ MAX_DENSE_SCHUR = 6000
 TRACE_CHUNK = 4096  # levels of the first term per block of X (B D^-1)
 # below, one thread: two spinning BLAS threads on a busy 2-core machine cost 4-10x
 DENSE_THREADS_FROM = 2500
+SINGLE_FROM = 1000  # n2 from which the gradient's S^-1 may be single precision
+SINGLE_RESIDUAL = 1e-5
 
 
 class CholmodFactor:
@@ -313,7 +315,8 @@ class MappedSchurFactor(SchurFactor):
 
         tr(S^-1 B D^-2 B') = < S^-1, Lambda_2' H Lambda_2 >,   H = G (theta_1^2 / d^2),
 
-    summed over the lower triangle of S^-1 (LAPACK trtri + lauum) with off-diagonal entries
+    summed over the lower triangle of S^-1 (LAPACK trtri + lauum; in single precision for
+    a large S when a probe residual allows, ``gradient_inverse_lower``) with off-diagonal entries
     counted twice (only over the positions G reaches when Lambda_2 is diagonal), and the
     trailing block sums are gathered from that triangle too.
     """
@@ -327,6 +330,7 @@ class MappedSchurFactor(SchurFactor):
         self._buffers: dict[str, np.ndarray] = {}
         self._pattern: tuple[np.ndarray, np.ndarray] | None = None
         self._Sinv_lower: np.ndarray | None = None
+        self._Sinv_grad: np.ndarray | None = None
         self.set_crossproducts(A)
 
     @staticmethod
@@ -449,7 +453,7 @@ class MappedSchurFactor(SchurFactor):
         if info != 0:
             raise np.linalg.LinAlgError("Schur complement is not positive definite")
         self.LS = LS
-        self._Sinv = self._Linv = self._Sinv_lower = None
+        self._Sinv = self._Linv = self._Sinv_lower = self._Sinv_grad = None
 
     def _scaled_K(self, w: np.ndarray, chunk: int = 256) -> np.ndarray:
         """(lam lam') o K(w), lower triangle, in one pass over A22 (Lambda_2 diagonal)."""
@@ -490,21 +494,31 @@ class MappedSchurFactor(SchurFactor):
         """S^-1 = L_S^-T L_S^-1, lower triangle valid, computed once per update: LAPACK
         trtri then lauum (potri's two halves; OpenBLAS threads each, not potri)."""
         if self._Sinv_lower is None:
-            X = self._work("Sinv")
-            np.copyto(X, self.LS)
-            X, info = lapack.dtrtri(X, lower=1, overwrite_c=1)
-            if info != 0:
-                raise np.linalg.LinAlgError("Schur complement is singular")
-            self._Sinv_lower, _ = lapack.dlauum(X, lower=1, overwrite_c=1)
+            self._Sinv_lower = _triangular_inverse_gram(self.LS, self._work("Sinv"))
         return self._Sinv_lower
 
-    def _work(self, name: str) -> np.ndarray:
+    def gradient_inverse_lower(self) -> np.ndarray:
+        """S^-1 for the gradient's traces (lower triangle valid).  For a large S in single
+        precision, which halves the LAPACK time, kept when a probe's residual
+        |S X v - v| / |v| is at most SINGLE_RESIDUAL (then each trace's relative error is
+        of that order); otherwise, and for small S, the double-precision inverse."""
+        if self._Sinv_lower is not None or self.n2 < SINGLE_FROM:
+            return self.schur_inverse_lower()
+        if self._Sinv_grad is None:
+            X32 = _triangular_inverse_gram(self.LS, self._work("Sinv32", np.float32))
+            X = self._work("Sinv")
+            np.copyto(X, X32)
+            ok = _inverse_residual(self.LS, X) <= SINGLE_RESIDUAL
+            self._Sinv_grad = X if ok else self.schur_inverse_lower()
+        return self._Sinv_grad
+
+    def _work(self, name: str, dtype: type = np.float64) -> np.ndarray:
         """A dense n2 x n2 Fortran-order buffer kept across updates (a fresh one each
         theta cost its page faults: ~0.1 s at n2 = 5,000): "S" holds K, then S, then
-        L_S; "Sinv" S^-1; "H" the first trace's matrix."""
+        L_S; "Sinv" S^-1; "Sinv32" its single-precision copy; "H" the first trace's matrix."""
         buf = self._buffers.get(name)
         if buf is None:
-            buf = self._buffers[name] = np.empty((self.n2, self.n2), order="F")
+            buf = self._buffers[name] = np.empty((self.n2, self.n2), dtype=dtype, order="F")
         return buf
 
     def schur_inverse(self) -> np.ndarray:
@@ -526,24 +540,45 @@ class MappedSchurFactor(SchurFactor):
         w = self.theta1**2 / self.d**2
         if self.diagonal:
             r, c = self._row_col
-            Sinv = self.schur_inverse_lower().reshape(-1, order="F")[self._rows]
+            Sinv = self.gradient_inverse_lower().reshape(-1, order="F")[self._rows]
             weight = self._pair_weight * self.lam[r] * self.lam[c]
             return np.array([[float(np.sum((self.G @ w) * weight * Sinv))]])
         H = self._work("H")
         H.fill(0.0)
         H = self._mapped(w, H)
-        return np.array([[_lower_inner(self.schur_inverse_lower(), self._congruence(H))]])
+        return np.array([[_lower_inner(self.gradient_inverse_lower(), self._congruence(H))]])
 
     def trailing_block_sum(self, off: int, p: int, nl: int) -> np.ndarray:
         """sum over the levels of a trailing term (at ``off`` in S) of its p x p
         diagonal blocks of S^-1, from the lower triangle."""
-        Sinv = self.schur_inverse_lower()
+        Sinv = self.gradient_inverse_lower()
         base = off + np.arange(nl) * p
         out = np.empty((p, p))
         for a in range(p):
             for c in range(a + 1):
                 out[a, c] = out[c, a] = Sinv[base + a, base + c].sum()
         return out
+
+
+def _triangular_inverse_gram(L: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """(L L')^-1 = L^-T L^-1 in ``out`` (its dtype), lower triangle valid: trtri, lauum."""
+    np.copyto(out, L)
+    single = out.dtype == np.float32
+    trtri, lauum = (lapack.strtri, lapack.slauum) if single else (lapack.dtrtri, lapack.dlauum)
+    X, info = trtri(out, lower=1, overwrite_c=1)
+    if info != 0:
+        raise np.linalg.LinAlgError("Schur complement is singular")
+    X, _ = lauum(X, lower=1, overwrite_c=1)
+    return X
+
+
+def _inverse_residual(L: np.ndarray, X: np.ndarray) -> float:
+    """|L L' X v - v| / |v| for a fixed pseudo-random v, X symmetric given by its lower
+    triangle: how far X is from (L L')^-1 (O(n^2))."""
+    v = np.random.default_rng(0).standard_normal(L.shape[0])
+    y = blas.dsymv(1.0, X, v, lower=1)
+    r = blas.dtrmv(L, blas.dtrmv(L, y, lower=1, trans=1), lower=1) - v
+    return float(np.linalg.norm(r) / np.linalg.norm(v))
 
 
 def _pairs_within_levels(below: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

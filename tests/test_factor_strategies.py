@@ -59,3 +59,29 @@ def test_schur_follows_new_weights(table) -> None:
     theta = np.array([0.7, 0.3, 0.2])
     assert schur.solve(theta).pwrss == pytest.approx(direct.solve(theta).pwrss, rel=1e-10)
     assert schur.solve(theta).logdet_L == pytest.approx(direct.solve(theta).logdet_L, rel=1e-10)
+
+
+@pytest.mark.parametrize("name", ["vector_trailing", "scalar_trailing"])
+def test_single_precision_traces(table, name: str, monkeypatch) -> None:
+    """The gradient's traces from the single-precision S^-1 agree with double precision
+    to the size of its probe residual; a residual over the bound falls back to double."""
+    from sparsemm.solver import factor
+
+    model = LinearMixedModel(solver.prepare(FORMULAS[name], table), ordering="schur")
+    pls, theta = model.pls, model.tmap.start() * 0.6
+    model.solve(theta)
+    double = pls.trace_sums(theta)
+    monkeypatch.setattr(factor, "SINGLE_FROM", 0)
+    model.solve(theta * 1.01)  # another theta clears the cached inverses
+    model.solve(theta)
+    single = pls.trace_sums(theta)
+    assert pls.factor._Sinv_lower is None  # the traces did not need the double inverse
+    for s, d in zip(single, double):
+        np.testing.assert_allclose(s, d, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(factor, "SINGLE_RESIDUAL", 0.0)
+    model.solve(theta * 1.01)
+    model.solve(theta)
+    fallback = pls.trace_sums(theta)
+    assert pls.factor._Sinv_lower is not None
+    for s, d in zip(fallback, double):
+        np.testing.assert_allclose(s, d, rtol=1e-12)
