@@ -137,7 +137,7 @@ class _ApproxInverse:
 
     Hm: np.ndarray  # H^-1 - I on the deflation space
     G: np.ndarray  # C^-T W
-    Q: np.ndarray  # A12 Lambda_2 G (n1 x r)
+    LG: np.ndarray  # Lambda_2 G (n2 x r): Q = A12 Lambda_2 G, a chunk of levels at a time
     quad_P: np.ndarray  # a_s' Lambda_2 P^-1 Lambda_2' a_s per level of the first term
 
 
@@ -210,7 +210,8 @@ class SchurOperator:
         ap = self._approx_inverse()
         if off < self.n1:  # the first term (scalar)
             scale = self.theta1 / self.d[levels]
-            corr = np.einsum("lr,rs,ls->l", ap.Q[levels], ap.Hm, ap.Q[levels])
+            Q = np.asarray(self.A12[levels] @ ap.LG)  # (levels, r)
+            corr = np.einsum("lr,lr->l", Q @ ap.Hm, Q)
             value = 1.0 / self.d[levels] + scale**2 * (ap.quad_P[levels] + corr)
             return value[:, None, None]
         idx = off - self.n1 + levels[:, None] * p + np.arange(p)[None, :]
@@ -219,7 +220,7 @@ class SchurOperator:
             for c in range(p):
                 out[:, a, c] = self._p_inverse_entries(idx[:, a], idx[:, c])
         Gl = ap.G[idx]  # (levels, p, r)
-        return out + np.einsum("lar,rs,lcs->lac", Gl, ap.Hm, Gl)
+        return out + np.matmul(Gl @ ap.Hm, np.transpose(Gl, (0, 2, 1)))
 
     def _approx_inverse(self) -> _ApproxInverse:
         if self._approx is None:
@@ -228,7 +229,7 @@ class SchurOperator:
             lam, U = np.linalg.eigh(0.5 * (H + H.T))
             Hm = (U / lam) @ U.T - np.eye(len(lam))
             G = self._blocks(W, True)  # C^-T W
-            Q = np.asarray(self.A12 @ (self.lam2 @ G))  # (G' Lambda_2' A21)'
+            LG = np.asarray(self.lam2 @ G)
             quad = np.zeros(self.n1)
             blocks = zip(self.clusters.batches, self._p_inverse(), self._lam_blocks)
             for (cols, Pi, lam_b), Gmap in zip(blocks, self._within.maps):
@@ -237,7 +238,7 @@ class SchurOperator:
                 idx = np.arange(cols.shape[1])
                 twice[:, idx, idx] = LPL[:, idx, idx]  # off-diagonal pairs are stored once
                 quad += Gmap.T @ twice.reshape(-1)
-            self._approx = _ApproxInverse(Hm, G, Q, quad)
+            self._approx = _ApproxInverse(Hm, G, LG, quad)
         return self._approx
 
     def _p_inverse(self) -> list[np.ndarray]:
