@@ -86,15 +86,25 @@ class FactorPreconditioner:
 
 
 def pcg(
-    A: Operator, Pinv: Operator, r: np.ndarray, z: np.ndarray, rtol: float, maxiter: int
+    A: Operator,
+    Pinv: Operator,
+    r: np.ndarray,
+    z: np.ndarray,
+    rtol: float,
+    maxiter: int,
+    atol: float = 0.0,
 ) -> tuple[np.ndarray | None, int]:
     """x with A x = r by conjugate gradients preconditioned by P (z = P^-1 r given),
-    stopped when the residual's P^-1-norm is below ``rtol`` times r's; (None, maxiter)
-    when it is not within ``maxiter`` products with A, else (x, products)."""
+    stopped when the residual's P^-1-norm is below ``rtol`` times r's or below ``atol``
+    (then x = z if r itself is); (None, maxiter) when it is not within ``maxiter``
+    products with A, else (x, products)."""
+    rz = float(r @ z)
+    stop = max(rtol * rtol * rz, atol * atol)
+    if rz <= stop:
+        return z.copy(), 0
     x = np.zeros_like(r)
     r = r.copy()
-    d, rz = z.copy(), float(r @ z)
-    stop = rtol * rtol * rz
+    d = z.copy()
     for k in range(1, maxiter + 1):
         Ad = A(d)
         dAd = float(d @ Ad)
