@@ -14,8 +14,11 @@ reweighted least squares (PIRLS) finds the conditional modes:
 Stage 1 (nAGQ = 0) minimises d over theta with beta inside PIRLS; stage 2 minimises
 d over (theta, beta) with PIRLS over u only, by BOBYQA in units where d's curvature
 is about even (beta in its standard errors, theta_j in sqrt(2 / d_jj)).  Each PIRLS
-step is a weighted pass over a columnar buffer of the model rows (``WeightedPass``);
-PIRLS starts from the modes predicted from those at earlier points (``warmstart``).
+step solves the PLS system at the new weights by conjugate gradients through the
+rows, preconditioned by the last factor (``pcg``), so that each evaluation factors once,
+at the modes, for log|L|^2 (``WeightedPass`` forms that factor's cross-products from a
+columnar buffer of the model rows); PIRLS starts from the modes predicted from those at
+earlier points (``warmstart``).
 Standard errors of beta come from the finite-difference Hessian of d over
 (theta, beta), as lme4's default ``vcov(use.hessian = TRUE)``:  vcov = 2 H^-1.
 """
@@ -39,7 +42,8 @@ from .errors import DataError
 from .family import Family
 from .model import ModelData
 from .optimize import Checked, Control, OptimResult, check_convergence, derivatives, minimize
-from .pls import PLS, ThetaMap
+from .pcg import FactorPreconditioner, PLSOperator, pcg
+from .pls import PLS, PLSSolution, ThetaMap
 from .results import FitResult, glmm_result, ranef_table
 from .warmstart import WarmStarts
 
@@ -48,10 +52,15 @@ PIRLS_TOL = 1e-14  # stage 2 and the finite-difference Hessian (checks, standard
 PIRLS_TOL_STAGE1 = 1e-7  # lme4's tolPwrss: stage 1 only starts stage 2
 PIRLS_MAXIT = 40
 GLMM_DELTA = 1e-3
-STAGE1_TOL = 1e-4
-STAGE2_TOL = 1e-9
+STAGE1_TOL = 1e-3  # stage 1 only starts stage 2: 1e-4 cost 9 more steps at EHR 100k
+STAGE2_TOL = 1e-7
 STAGE2_STEP = 0.5  # BOBYQA's first trust radius in stage 2's units (standard errors)
 CURVATURE_STEP = 1e-2  # forward differences along theta for stage 2's units
+# A PIRLS step by PCG stops at a residual (P^-1-norm) of PCG_RTOL sqrt(pirls_tol) of the
+# score's: at 1e-6 in stage 2, d stayed within 4e-11 of direct solves' (EHR 100k)
+PCG_RTOL = 1e1
+PCG_ATOL = 1e-11  # or below this P^-1-norm (~ the A-norm of u's error; d moves ~4x that)
+PCG_MAXIT = 30  # more products with A than this: factor at the new weights instead
 
 
 class WeightedPass:
@@ -164,6 +173,7 @@ class GeneralizedLinearMixedModel:
         self.state = PirlsState(np.zeros(q), np.zeros(p), eta0)
         nt = self.tmap.size
         self.starts = {True: WarmStarts(nt), False: WarmStarts(nt + p)}  # key: beta inside
+        self._factored: PLSSolution | None = None  # what the factor last solved
         self._empty = np.zeros((len(self.y), 0))
 
     def _weighted(self, it: Iterate, beta: np.ndarray | None) -> CrossProducts:
@@ -183,19 +193,16 @@ class GeneralizedLinearMixedModel:
     def pirls(self, theta: np.ndarray, beta: np.ndarray | None = None) -> PirlsState:
         """Conditional modes at theta (beta inside PIRLS when ``beta`` is None)."""
         cur = self._start(theta, beta)
+        Lambda = self.tmap.Lambda(theta)
         it = 0
         while it < PIRLS_MAXIT:
             it += 1
-            self.pls.set_crossproducts(self._weighted(cur, beta))
-            sol = self.pls.solve(theta)
-            u_new, _ = self.pls.modes(sol)
             old = cur.pdev
-            cur = self._step_halving(theta, cur, u_new, sol.beta if beta is None else beta)
+            cur = self._step_halving(theta, cur, *self._newton_step(theta, Lambda, cur, beta))
             if abs(old - cur.pdev) < self.pirls_tol * (abs(cur.pdev) + 0.1):
                 break
         # log|L|^2 with the weights at the modes, not at wherever PIRLS started from
-        self.pls.set_crossproducts(self._weighted(cur, beta if beta is not None else cur.beta))
-        logdet = self.pls.solve(theta).logdet_L
+        logdet = self._factor(theta, self._weighted(cur, None)).logdet_L
         devres, aic = self.lik.deviance(cur.mu), self.lik.aic(cur.mu)
         if beta is None:
             self.starts[True].add(theta, np.concatenate([cur.u, cur.beta]))
@@ -204,6 +211,52 @@ class GeneralizedLinearMixedModel:
         self.state = PirlsState(cur.u, cur.beta, cur.eta, devres, logdet, aic, it,
                                 it < PIRLS_MAXIT)  # fmt: skip
         return self.state
+
+    def _factor(self, theta: np.ndarray, cp: CrossProducts) -> PLSSolution:
+        """Factor the PLS system at theta with cross-products cp and solve it; the factor
+        then preconditions PIRLS's steps (``pcg``) until the next one."""
+        self.pls.set_crossproducts(cp)
+        self._factored = None  # a failed factorization leaves no preconditioner
+        self._factored = self.pls.solve(theta)
+        return self._factored
+
+    def _preconditioner(self, with_beta: bool) -> FactorPreconditioner | None:
+        """P^-1 from the last factor (``pcg``); None before there is one, or when beta is
+        free and that factor was of the u block only."""
+        sol = self._factored
+        if sol is None or (with_beta and not sol.RX.size and self.passes.X.shape[1]):
+            return None
+        return FactorPreconditioner(self.pls.factor, sol, with_beta)
+
+    def _newton_step(self, theta, Lambda, cur: Iterate, beta) -> tuple[np.ndarray, np.ndarray]:
+        """(u, beta) after a full PIRLS (Newton) step from ``cur``: by PCG with the last
+        factor as preconditioner (``pcg``); before there is one, or when PCG does not
+        converge, by a new factor at cur's weights (which then preconditions)."""
+        pre = self._preconditioner(beta is None)
+        if pre is not None:
+            x = self._pcg_step(Lambda, cur, beta, pre)
+            if x is not None:
+                q = len(cur.u)
+                return cur.u + x[:q], (cur.beta + x[q:] if beta is None else beta)
+        sol = self._factor(theta, self._weighted(cur, beta))
+        return self.pls.modes(sol)[0], (sol.beta if beta is None else beta)
+
+    def _pcg_step(self, Lambda, cur: Iterate, beta, pre) -> np.ndarray | None:
+        """A^-1 r over u (and beta when it is free) by PCG, or None."""
+        w = self.wt * cur.d * cur.d / self.family.variance(cur.mu)
+        X = self.passes.X if beta is None else self._empty
+        A = PLSOperator(self.passes.Z, self.passes.Zt, X, w, Lambda)
+        r = self._score(cur, Lambda, beta is None)
+        rtol = PCG_RTOL * math.sqrt(self.pirls_tol)
+        x, _ = pcg(A, pre, r, pre(r), rtol, PCG_MAXIT, PCG_ATOL)
+        return x
+
+    def _score(self, it: Iterate, Lambda: sp.csc_matrix, with_beta: bool) -> np.ndarray:
+        """r = [Lambda'Z'v - u; X'v], v = wt mu_eta (y - mu) / variance(mu): the PLS
+        system's residual at the iterate (``pcg``), X'v only when beta is free."""
+        v = self.wt * it.d * (self.y - it.mu) / self.family.variance(it.mu)
+        ru = Lambda.T @ (self.passes.Zt @ v) - it.u
+        return np.concatenate([ru, self.passes.X.T @ v]) if with_beta else ru
 
     def _start(self, theta: np.ndarray, beta: np.ndarray | None) -> Iterate:
         """PIRLS's first iterate: the warm starts' prediction of the modes (``warmstart``)
@@ -241,8 +294,9 @@ class GeneralizedLinearMixedModel:
         started = time.perf_counter()
         nt = self.tmap.size
         # PIRLS leaves ~1e-10 of noise in d: central differences need a step above it.
-        # BOBYQA stops at 1e-9, so that the checks' Hessian (and the standard errors) is
-        # taken where the Newton polish moves theta by ~1e-5 or less
+        # BOBYQA stops at STAGE2_TOL, so that the checks' Hessian (and the standard errors)
+        # is taken where the Newton polish moves theta little: at 1e-7 the golden fits'
+        # standard errors stay within 5e-5 of 1e-9's (1e-6: 9e-4) with 10-25% fewer steps
         control = replace(
             control, delta=max(control.delta, GLMM_DELTA), ftol_abs=STAGE2_TOL,
             xtol_abs=STAGE2_TOL, ftol_rel=0.0,
@@ -306,8 +360,7 @@ class GeneralizedLinearMixedModel:
         st = self.state
         mu, d = self.family.link.inverse(st.eta)
         cur = Iterate(st.u, st.beta, st.eta, mu, d, math.inf)
-        self.pls.set_crossproducts(self._weighted(cur, None))  # X included
-        RX = self.pls.solve(theta).RX
+        RX = self._factor(theta, self._weighted(cur, None)).RX  # X included
         se = np.sqrt(np.diag(np.linalg.inv(RX.T @ RX))) if RX.size else np.zeros(0)
         return np.concatenate([np.full(len(theta), control.delta), 0.01 * se])
 
