@@ -118,3 +118,26 @@ def test_chunked_gram_matches_the_plain_products(monkeypatch, kernels: bool) -> 
     w, X = rng.uniform(0.5, 2.0, 50), rng.normal(size=(9, 4))
     expected = A12.T @ (w[:, None] * (A12 @ X))
     np.testing.assert_allclose(gram.ChunkedGram(A12)(w, X), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_cluster_blocks_of_the_gram_product_from_the_pair_map(data, monkeypatch) -> None:
+    """The pair map, built in chunks of at most 50 pairs, gives the cluster blocks of
+    A21 diag(w) A12 exactly as the dense product does."""
+    from sparsemm.solver import iterative
+
+    monkeypatch.setattr(iterative, "PAIR_CHUNK", 50)
+    op = SchurOperator(data.cp.ZtZ, data.layout)
+    within = iterative._within_pairs(op.A21, op.A22, op.clusters)
+    w = np.random.default_rng(3).uniform(0.1, 1.0, op.n1)
+    dense = (op.A21 @ sp.diags(w) @ op.A12).toarray()
+    for cols, blocks in zip(op.clusters.batches, within.products(w)):
+        expected = dense[cols[:, :, None], cols[:, None, :]]
+        np.testing.assert_allclose(blocks, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_pair_chunks_cover_the_levels_within_the_budget() -> None:
+    from sparsemm.solver.iterative import _pair_chunks
+
+    counts = np.array([3, 1, 0, 5, 2, 2, 1])  # pairs per level: 9 1 0 25 4 4 1
+    assert _pair_chunks(counts, 10) == [(0, 3), (3, 4), (4, 7)]
+    assert _pair_chunks(counts, 1000) == [(0, 7)]
