@@ -141,3 +141,36 @@ def test_pair_chunks_cover_the_levels_within_the_budget() -> None:
     counts = np.array([3, 1, 0, 5, 2, 2, 1])  # pairs per level: 9 1 0 25 4 4 1
     assert _pair_chunks(counts, 10) == [(0, 3), (3, 4), (4, 7)]
     assert _pair_chunks(counts, 1000) == [(0, 7)]
+
+
+@pytest.mark.parametrize(
+    ("errors", "tried", "kept"),
+    [
+        # falls of 14% or more (EHR 1M rows): all tried, the widest has the least cost
+        ([1.41e-3, 1.22e-3, 0.97e-3, 0.82e-3, 0.47e-3], 5, 4),
+        # the second gains 1% (EHR 10M rows): stop there, keep the first
+        ([4.80e-3, 4.75e-3, 4.66e-3, 4.51e-3, 4.20e-3], 2, 0),
+        # within SE_TARGET: the first such is kept at once
+        ([5e-4, 1.5e-4, 1e-4, 8e-5, 6e-5], 2, 1),
+    ],
+)
+def test_deflation_search_stops_when_wider_does_not_pay(data, errors, tried, kept) -> None:
+    """The search's rule on given standard errors; the kept deflation's state is restored
+    without computing it again."""
+    from sparsemm.solver import iterative
+
+    op = SchurOperator(data.cp.ZtZ, data.layout)
+    op.n2 = 10**6  # wider than every deflation (this model's 156 columns are not)
+    calls: list[tuple[int, int]] = []
+
+    def fake_logdet(choice: tuple[int, int]) -> iterative.LogDet:
+        k = len(calls)
+        calls.append(choice)
+        op.deflation, op.W, op._probes, op._inverse_probes = choice, k, k, k
+        return iterative.LogDet(float(k), errors[k], 64, 5)
+
+    op._logdet = fake_logdet  # type: ignore[method-assign]
+    ld = op.logdet()
+    assert calls == list(iterative.DEFLATIONS[:tried])
+    assert op.deflation == iterative.DEFLATIONS[kept]
+    assert (ld.value, op.W, op._probes, op._inverse_probes) == (kept, kept, kept, kept)
