@@ -172,9 +172,10 @@ class SchurOperator:
         self.A12 = self.A21.T.tocsr()
         L22 = lower[n1:, n1:]
         self.A22 = (L22 + sp.tril(L22, -1).T).tocsr()
-        self.gram = ChunkedGram(self.A12)
-        self.gram_probes = ChunkedGram(self.A12, PROBE_DTYPE)
         self.clusters = trailing_clusters(self.A22, layout, n1)
+        near = np.concatenate([b.ravel() for b in self.clusters.batches])  # cluster by cluster
+        self.gram = ChunkedGram(self.A12, cols=near)
+        self.gram_probes = self.gram.astype(PROBE_DTYPE)
         self._within = _within_pairs(self.A21, self.A22, self.clusters)
         rng = np.random.default_rng(SEED)
         self.Z = rng.choice(np.array([-1.0, 1.0]), size=(self.n2, probes))

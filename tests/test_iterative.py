@@ -105,19 +105,24 @@ def test_vector_first_term_is_refused_clearly() -> None:
         LinearMixedModel(data, ordering="iterative")
 
 
-@pytest.mark.parametrize("kernels", [True, False])
-def test_chunked_gram_matches_the_plain_products(monkeypatch, kernels: bool) -> None:
+@pytest.mark.parametrize(("kernels", "renumbered"), [(True, False), (False, False), (True, True)])
+def test_chunked_gram_matches_the_plain_products(monkeypatch, kernels, renumbered) -> None:
     """A21 diag(w) A12 X over threads and chunks, with scipy's private kernels or the
-    public products, equals the two sparse products."""
+    public products, with the columns and levels renumbered for locality or not (an empty
+    level included), equals the two sparse products; in float32 to its precision."""
     from sparsemm.solver import gram
 
     monkeypatch.setattr(gram, "KERNELS", kernels and gram.KERNELS)
     monkeypatch.setattr(gram, "CHUNK_LEVELS", 7)
     rng = np.random.default_rng(4)
-    A12 = sp.random(50, 9, density=0.3, format="csr", random_state=5)
+    A12 = sp.random(50, 9, density=0.3, format="csr", random_state=5).tolil()
+    A12[3, :] = 0.0
+    A12 = A12.tocsr()
     w, X = rng.uniform(0.5, 2.0, 50), rng.normal(size=(9, 4))
     expected = A12.T @ (w[:, None] * (A12 @ X))
-    np.testing.assert_allclose(gram.ChunkedGram(A12)(w, X), expected, rtol=1e-12, atol=1e-12)
+    g = gram.ChunkedGram(A12, cols=rng.permutation(9) if renumbered else None)
+    np.testing.assert_allclose(g(w, X), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g.astype(np.float32)(w, X), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_cluster_blocks_of_the_gram_product_from_the_pair_map(data, monkeypatch) -> None:
