@@ -165,6 +165,7 @@ def run_sparsemm(problem: Problem, timeout: float | None = None, cache: Path = C
         # every evaluation of the objective (and gradient), the checks' included, where the
         # CLI times them (LMMs); else the optimizer's count alone, not timed (GLMMs)
         "evaluations": timings.get("evaluations", diagnostics.get("evaluations")),
+        "optimizer_evaluations": diagnostics.get("evaluations"),
         "evaluation_s": timings.get("evaluation_s"),  # the median evaluation
         "first_evaluation_s": timings.get("first_evaluation_s"),
         "fixed_effects": {f["term"]: [f["estimate"], f["std_error"]] for f in out["fixed_effects"]},
