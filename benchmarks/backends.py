@@ -152,16 +152,23 @@ def run_sparsemm(problem: Problem, timeout: float | None = None, cache: Path = C
     if child.returncode != 0:
         raise _failure("sparsemm", child)
     out = last_json_line(child.stdout)
-    timings = out.get("timings", {})
+    timings, diagnostics = out.get("timings", {}), out.get("diagnostics") or {}
     objective = out["reml_criterion"] if problem.method == "REML" else -2.0 * out["loglik"]
     extra = {
         "read_s": timings.get("read_s"),
         "fit_s": timings.get("fit_s"),
-        "nnz_L": (out.get("diagnostics") or {}).get("nnz_L"),
+        "nnz_L": diagnostics.get("nnz_L"),
         "converged": out.get("converged"),
         "singular": out.get("singular"),
         "messages": out.get("messages", []),
         "theta": out.get("theta"),
+        # every evaluation of the objective (and gradient), the checks' included, where the
+        # CLI times them (LMMs); else the optimizer's count alone, not timed (GLMMs)
+        "evaluations": timings.get("evaluations", diagnostics.get("evaluations")),
+        "optimizer_evaluations": diagnostics.get("evaluations"),
+        "evaluation_s": timings.get("evaluation_s"),  # the median evaluation
+        "first_evaluation_s": timings.get("first_evaluation_s"),
+        "fixed_effects": {f["term"]: [f["estimate"], f["std_error"]] for f in out["fixed_effects"]},
     } | _common(child)
     seconds = timings.get("total_s", child.wall_s)
     return Result(

@@ -32,6 +32,7 @@ class Problem:
     factors: tuple[str, ...] = ()
     ehr_rows: int | None = None  # synthetic: generate ``data`` with this many rows
     family: str = "gaussian"
+    true_beta: tuple[tuple[str, float], ...] = ()  # generating fixed effects, by term
 
     @property
     def method(self) -> str:
@@ -48,6 +49,7 @@ def ehr(name: str, rows: int, cache: Path = CACHE) -> Problem:
         formula=ehr_generator.FORMULA,
         factors=ehr_generator.FACTORS,
         ehr_rows=rows,
+        true_beta=_named(TRUE.beta),
     )
 
 
@@ -55,8 +57,16 @@ def ehr_binary(name: str, rows: int, cache: Path = CACHE) -> Problem:
     """The synthetic EHR adverse-event GLMM (binomial, Laplace) with ``rows`` encounters."""
     base = ehr(name, rows, cache)
     return Problem(
-        name, base.data, ehr_generator.ADVERSE_FORMULA, False, base.factors, rows, "binomial"
-    )
+        name, base.data, ehr_generator.ADVERSE_FORMULA, False, base.factors, rows, "binomial",
+        _named(TRUE.adverse_beta),
+    )  # fmt: skip
+
+
+TRUE = ehr_generator.TRUE_PARAMS
+
+
+def _named(beta: tuple[float, ...]) -> tuple[tuple[str, float], ...]:
+    return tuple(zip(TRUE.beta_names, beta))
 
 
 def all_problems(cache: Path = CACHE) -> dict[str, Problem]:
@@ -68,6 +78,7 @@ def all_problems(cache: Path = CACHE) -> dict[str, Problem]:
         ehr("ehr_100k", 100_000, cache),
         ehr("ehr_1m", 1_000_000, cache),
         ehr("ehr_10m", 10_000_000, cache),
+        ehr("ehr_30m", 30_000_000, cache),
         ehr_binary("ehr_binary_100k", 100_000, cache),
         ehr_binary("ehr_binary_1m", 1_000_000, cache),
     ]

@@ -83,6 +83,8 @@ def run_one(backend: str, problem: Problem, repeat: int, args: argparse.Namespac
         return row | {"status": "failed", "error": str(err)}
     fields = asdict(result)
     extra = fields.pop("extra")
+    if problem.true_beta:  # the markdown's check of the fixed effects (``recovery``)
+        extra["true_beta"] = dict(problem.true_beta)
     print(
         f"  {result.seconds:.2f} s, {result.peak_rss_mb:.0f} MB, objective {result.objective:.6f}",
         flush=True,
@@ -156,17 +158,21 @@ def markdown(summary: list[Row]) -> str:
         "seconds",
         "data pass s",
         "fit s",
+        "evaluations",
+        "s / evaluation",
+        "first evaluation s",
         "nnz(L)",
         "peak RSS MB",
         "objective",
         "abs diff vs lme4",
         "lme4 / sparsemm",
+        "fixed effects vs generating",
         "converged",
     ]
-    lines = ["| " + " | ".join(titles) + " |", "|---|---|" + "---:|" * 8 + "---|"]
+    lines = ["| " + " | ".join(titles) + " |", "|---|---|" + "---:|" * 11 + "---|---|"]
     for r in summary:
         if r["status"] != "ok":
-            lines.append(f"| {r['problem']} | {r['backend']} | failed |" + " |" * 8)
+            lines.append(f"| {r['problem']} | {r['backend']} | failed |" + " |" * 12)
             continue
         ratio = _fmt(r.get("speed_ratio"), ".1f") if r["backend"] != "lme4" else ""
         extra = json.loads(r.get("extra") or "{}")
@@ -177,15 +183,32 @@ def markdown(summary: list[Row]) -> str:
             _fmt(r["seconds"], ".2f"),
             _fmt(read_s, ".2f"),
             _fmt(extra.get("fit_s"), ".2f"),
+            _fmt(extra.get("evaluations"), "d"),
+            _fmt(extra.get("evaluation_s"), ".2f"),
+            _fmt(extra.get("first_evaluation_s"), ".2f"),
             _fmt(extra.get("nnz_L"), ",d"),
             _fmt(r["peak_rss_mb"], ".0f"),
             _fmt(r["objective"], ".4f"),
             _fmt(r.get("objective_diff"), ".2e"),
             ratio,
+            recovery(extra),
             _converged(r),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def recovery(extra: dict[str, Any], within: float = 2.0) -> str:
+    """Whether each fixed effect is within ``within`` standard errors of its generating
+    value (``extra["true_beta"]``, against ``extra["fixed_effects"]``: term -> [estimate,
+    SE]): "4/4 within 2 SE (largest 1.3)", or naming those outside."""
+    truth, fitted = extra.get("true_beta") or {}, extra.get("fixed_effects") or {}
+    z = {t: abs(fitted[t][0] - v) / fitted[t][1] for t, v in truth.items() if t in fitted}
+    if not z:
+        return ""
+    outside = [f"{t} {z[t]:.1f}" for t in z if z[t] > within]
+    detail = ", ".join(outside) if outside else f"largest {max(z.values()):.1f}"
+    return f"{len(z) - len(outside)}/{len(z)} within {within:g} SE ({detail})"
 
 
 def _converged(row: Row) -> str:

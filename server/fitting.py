@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..solver.results import json_safe
+from ..solver.results import evaluation_timings, json_safe
 from .disclosure import DisclosurePolicy
 from .task import FitTask, SourceRef
 
@@ -98,6 +98,7 @@ def run_fit(
     read_s = time.perf_counter() - started
     fitted = model(task, data).fit(progress=channel.iteration)
     timings = {"read_s": read_s, "fit_s": time.perf_counter() - started - read_s}
+    timings |= evaluation_timings(fitted.evaluation_s)
     extras, withheld = _outputs(task, fitted, data, policy)
     extras["memory_estimate_bytes"] = memory.total_bytes
     timings["total_s"] = time.perf_counter() - started

@@ -397,6 +397,7 @@ class GLMMFit:
     beta: np.ndarray
     result: FitResult
     fit_s: float
+    evaluation_s: tuple[float, ...] = ()  # not recorded for GLMMs
 
     def _refresh(self) -> None:
         self.model.pirls(self.theta, self.beta)

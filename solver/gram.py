@@ -13,10 +13,19 @@ The kernels are scipy's own ``csr_matvecs`` / ``csc_matvecs`` (Y += A X, what ``
 calls after allocating Y), called on the buffers so nothing is allocated per chunk.  They
 are private to scipy: checked once against ``A @ X`` at import, and where they do not
 answer as expected the public products are used instead (allocating per chunk).
+
+Locality: the gathers and scatters touch the rows of X and of the sum that a level's
+entries name.  Given an order of the n2 columns in which each level's entries fall close
+together (the preconditioner's clusters: a hospital with its physicians), the columns are
+renumbered in that order and the levels sorted by the new position of their heaviest
+entry (a patient with the hospital where most of their encounters are), so consecutive
+levels work on the same few rows: at 10M EHR rows (13M entries, 96 columns) a product took
+1.0 s instead of 1.8 s in float32 and 1.6 s instead of 5.0 s in float64.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,16 +38,32 @@ CHUNK_LEVELS = 8192  # levels per chunk: T_c is 8192 x m
 
 
 class ChunkedGram:
-    """X -> A21 diag(w) A12 X in ``dtype`` (float32 halves the memory traffic)."""
+    """X -> A21 diag(w) A12 X in ``dtype`` (float32 halves the memory traffic), with the
+    columns renumbered in the order ``cols`` (and the levels after them) if given."""
 
-    def __init__(self, A12: sp.csr_matrix, dtype: type = np.float64) -> None:
+    def __init__(
+        self, A12: sp.csr_matrix, dtype: type = np.float64, cols: np.ndarray | None = None
+    ) -> None:
         self.n1, self.n2 = A12.shape
         self.dtype = np.dtype(dtype)
+        self.cols: np.ndarray | None = None
+        self.rows: np.ndarray | None = None
+        if cols is not None:
+            self.cols = np.asarray(cols)
+            self.rows, A12 = _renumbered(A12, self.cols)
         self.indptr, self.indices = A12.indptr, A12.indices
         self.data = A12.data.astype(dtype)
         self.ranges = _balanced_ranges(self.indptr, THREADS)
 
+    def astype(self, dtype: type) -> ChunkedGram:
+        """The same products in ``dtype`` (the index arrays and orders shared)."""
+        other = copy.copy(self)
+        other.dtype, other.data = np.dtype(dtype), self.data.astype(dtype)
+        return other
+
     def __call__(self, w: np.ndarray, X: np.ndarray) -> np.ndarray:
+        if self.cols is not None and self.rows is not None:
+            w, X = w[self.rows], X[self.cols]
         Xd = np.ascontiguousarray(X, dtype=self.dtype)
         wd = w.astype(self.dtype)
         with ThreadPoolExecutor(len(self.ranges)) as pool:
@@ -46,7 +71,11 @@ class ChunkedGram:
         out = parts[0].astype(np.float64)
         for part in parts[1:]:
             out += part
-        return out
+        if self.cols is None:
+            return out
+        back = np.empty_like(out)
+        back[self.cols] = out
+        return back
 
     def _range(self, w: np.ndarray, X: np.ndarray, lo: int, hi: int) -> np.ndarray:
         """sum over the chunks c of levels lo..hi of A12_c' (w_c * (A12_c X))."""
@@ -90,6 +119,25 @@ def _kernels_answer() -> bool:
 
 
 KERNELS = _kernels_answer()
+
+
+def _renumbered(A12: sp.csr_matrix, cols: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
+    """(rows, A12 with rows ``rows`` and columns ``cols`` in that order): the levels
+    sorted by the new position of their heaviest entry."""
+    pos = np.empty(len(cols), dtype=np.int64)
+    pos[cols] = np.arange(len(cols))
+    counts = np.diff(A12.indptr)
+    level = np.repeat(np.arange(A12.shape[0]), counts)
+    by_weight = np.lexsort((-np.abs(A12.data), level))  # by level, heaviest first
+    heaviest = pos[A12.indices[by_weight[A12.indptr[:-1][counts > 0]]]]
+    key = np.full(A12.shape[0], len(cols), dtype=np.int64)  # empty levels last
+    key[counts > 0] = heaviest
+    rows = np.argsort(key, kind="stable")
+    out = A12[rows]
+    out.indices = pos[out.indices].astype(out.indices.dtype)
+    out.has_sorted_indices = False
+    out.sort_indices()
+    return rows, out
 
 
 def _balanced_ranges(indptr: np.ndarray, parts: int) -> list[tuple[int, int]]:

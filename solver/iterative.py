@@ -36,6 +36,7 @@ float64 products and 1e-12 residuals, its standard error 5e-4.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,10 +51,13 @@ PROBE_TOL = 1e-6  # relative residual of the probes' CG (float32 products: ~1e-7
 PROBE_MAXIT = 60  # CG steps at most on the probes (A~ is well conditioned: ~10 suffice)
 CG_TOL = 1e-12  # relative residual of the PCG solves
 CG_MAXIT = 1000
-# block Krylov deflation (starting vectors, powers of A~): the first of these whose
-# Monte Carlo standard error at the first theta is within SE_TARGET is kept for the fit
+# block Krylov deflation (starting vectors, powers of A~), tried in this order at the
+# first theta (``SchurOperator.logdet``): the first whose Monte Carlo standard error is
+# within SE_TARGET is kept for the fit; the search stops early when a wider one cuts the
+# standard error by less than DEFLATION_GAIN (relative) against the one before it
 DEFLATIONS = ((8, 3), (16, 5), (32, 5), (32, 8), (64, 8))
 SE_TARGET = 3e-4  # of log|M|: the objective within 1e-3 at ~3 standard errors
+DEFLATION_GAIN = 0.1
 MAX_CLUSTER = 400  # largest preconditioner block
 SEED = 20240601
 
@@ -168,14 +172,16 @@ class SchurOperator:
         self.A12 = self.A21.T.tocsr()
         L22 = lower[n1:, n1:]
         self.A22 = (L22 + sp.tril(L22, -1).T).tocsr()
-        self.gram = ChunkedGram(self.A12)
-        self.gram_probes = ChunkedGram(self.A12, PROBE_DTYPE)
         self.clusters = trailing_clusters(self.A22, layout, n1)
+        near = np.concatenate([b.ravel() for b in self.clusters.batches])  # cluster by cluster
+        self.gram = ChunkedGram(self.A12, cols=near)
+        self.gram_probes = self.gram.astype(PROBE_DTYPE)
         self._within = _within_pairs(self.A21, self.A22, self.clusters)
         rng = np.random.default_rng(SEED)
         self.Z = rng.choice(np.array([-1.0, 1.0]), size=(self.n2, probes))
         self.Y0 = rng.standard_normal((self.n2, max(w for w, _ in DEFLATIONS)))
         self.deflation: tuple[int, int] | None = None  # chosen at the first logdet
+        self.W = np.zeros((self.n2, 0))  # its space (orthonormal columns), set by logdet
         self._approx: _ApproxInverse | None = None  # per theta, for level_blocks
         self._Pinv: list[np.ndarray] | None = None  # per theta
         self._probes: np.ndarray | None = None  # [W, Q Z] of the chosen deflation
@@ -232,12 +238,12 @@ class SchurOperator:
             LG = np.asarray(self.lam2 @ G)
             quad = np.zeros(self.n1)
             blocks = zip(self.clusters.batches, self._p_inverse(), self._lam_blocks)
-            for (cols, Pi, lam_b), Gmap in zip(blocks, self._within.maps):
+            for (cols, Pi, lam_b), Gt in zip(blocks, self._within.maps):
                 LPL = np.matmul(np.transpose(lam_b, (0, 2, 1)), np.matmul(Pi, lam_b))
                 twice = 2.0 * LPL
                 idx = np.arange(cols.shape[1])
                 twice[:, idx, idx] = LPL[:, idx, idx]  # off-diagonal pairs are stored once
-                quad += Gmap.T @ twice.reshape(-1)
+                quad += Gt @ twice.reshape(-1)
             self._approx = _ApproxInverse(Hm, G, LG, quad)
         return self._approx
 
@@ -334,21 +340,37 @@ class SchurOperator:
         (block Krylov from fixed vectors: it catches the few outlying eigenvalues of A~
         that carry most of the variance) by Lanczos quadrature from W's columns, the rest
         by Hutchinson on (I - W W') z (unbiased whatever W is).  The deflation is chosen
-        once, at the first theta, then kept (the estimate stays a deterministic function
-        of theta): the first of ``DEFLATIONS`` whose standard error is within SE_TARGET,
-        or, if none is, the one with the least variance per product column,
-        se^2 (width + probes) (EHR 10M rows: the widest cut the SE only from 4.8e-3 to
-        4.2e-3 with 6.7x the columns; at 1M from 1.4e-3 to 4.7e-4, and is kept)."""
-        if self.deflation is not None:
-            return self._logdet(self.deflation)
-        cost: dict[tuple[int, int], float] = {}
+        once, at the first theta (``_choose_deflation``), then kept: the estimate stays a
+        deterministic function of theta."""
+        if self.deflation is None:
+            return self._choose_deflation()
+        return self._logdet(self.deflation)
+
+    def _choose_deflation(self) -> LogDet:
+        """Try ``DEFLATIONS`` in order: the first whose standard error is within
+        SE_TARGET is kept; otherwise the one with the least variance per product column,
+        se^2 (width + probes), among those tried, where the trial stops at the first that
+        cuts the standard error by less than DEFLATION_GAIN (relative).  Measured standard
+        errors (x 1e-3) at the five widths: InstEval 228, 11, 1.6, 0.42, 0.08 (the widest
+        kept); EHR 1M rows 1.41, 1.22, 0.97, 0.82, 0.47 (the widest kept: falls of 14% or
+        more); EHR 10M 4.80, 4.75, 4.66, 4.51, 4.20 (the second gains 1%: the search stops
+        there and keeps the first, ~45 s instead of ~4 minutes for all five).  The tried
+        deflations' states are kept for the best so far, so it is not computed again."""
+        best: tuple[float, tuple[int, int], LogDet, tuple] | None = None
+        previous_se = math.inf
         for choice in DEFLATIONS:
             ld = self._logdet(choice)
             if ld.std_error <= SE_TARGET or self.deflation_width >= self.n2:
                 return ld
-            cost[choice] = ld.std_error**2 * (self.deflation_width + ld.probes)
-        best = min(cost, key=lambda c: cost[c])
-        return ld if best == choice else self._logdet(best)
+            cost = ld.std_error**2 * (self.deflation_width + ld.probes)
+            if best is None or cost < best[0]:
+                best = (cost, choice, ld, (self.W, self._probes, self._inverse_probes))
+            if ld.std_error > (1.0 - DEFLATION_GAIN) * previous_se:
+                break
+            previous_se = ld.std_error
+        assert best is not None
+        _, self.deflation, ld, (self.W, self._probes, self._inverse_probes) = best
+        return ld
 
     def _logdet(self, deflation: tuple[int, int]) -> LogDet:
         self.deflation = deflation
@@ -515,8 +537,9 @@ def _dense_blocks(mat: sp.csr_matrix, cols: np.ndarray) -> np.ndarray:
 
 class _WithinPairs:
     """K restricted to the cluster blocks, K = A22 - A21 diag(w) A12, as a fixed linear
-    map of w: for each batch, G_b (entries of the packed blocks x levels) and the
-    constant A22 part; values(w) gives the packed (n_b, size, size) blocks."""
+    map of w: for each batch, Gt_b (levels x entries of the packed blocks; G_b = Gt_b'
+    maps w to the blocks' lower triangles) and the constant A22 part; values(w) gives
+    the packed (n_b, size, size) blocks."""
 
     def __init__(self, base: list[np.ndarray], maps: list[sp.csr_matrix], where) -> None:
         self.base, self.maps = base, maps
@@ -528,8 +551,8 @@ class _WithinPairs:
     def products(self, w: np.ndarray) -> list[np.ndarray]:
         """The cluster blocks of A21 diag(w) A12."""
         out = []
-        for b, G in zip(self.base, self.maps):
-            low = (G @ w).reshape(b.shape)  # lower triangles (diagonal included)
+        for b, Gt in zip(self.base, self.maps):
+            low = (Gt.T @ w).reshape(b.shape)  # lower triangles (diagonal included)
             diag = np.einsum("cii->ci", low)
             full = low + np.transpose(low, (0, 2, 1))
             idx = np.arange(b.shape[1])
@@ -540,9 +563,12 @@ class _WithinPairs:
 
 def _within_pairs(A21: sp.csr_matrix, A22: sp.csr_matrix, clusters: Clusters) -> _WithinPairs:
     """The map from w to the cluster blocks of A21 diag(w) A12 (lower triangles), and
-    the blocks of A22; pairs are formed a chunk of levels at a time (sum_s k_s^2 of
-    them in all, k_s the trailing entries of level s, most fall outside the blocks)."""
-    n2 = A21.shape[0]
+    the blocks of A22.  Pairs are formed a chunk of levels at a time (sum_s k_s^2 of them
+    in all, k_s the trailing entries of level s; most fall outside the blocks), at most
+    PAIR_CHUNK pairs per chunk, and come out ordered by level: each batch's map is
+    assembled as Gt (one CSR row per level) from the chunks' pieces, no sort and no COO
+    copy (EHR 10M rows: the setup's peak was 7.8 GB with a COO map of all pairs at once)."""
+    n2, n1 = A21.shape
     batch_of = np.empty(n2, dtype=np.int64)
     slot = np.empty(n2, dtype=np.int64)  # which block of its batch the column is in
     pos_in = np.empty(n2, dtype=np.int64)  # its position within that block
@@ -550,32 +576,65 @@ def _within_pairs(A21: sp.csr_matrix, A22: sp.csr_matrix, clusters: Clusters) ->
         batch_of[cols.ravel()] = b
         slot[cols.ravel()] = np.repeat(np.arange(cols.shape[0]), cols.shape[1])
         pos_in[cols.ravel()] = np.tile(np.arange(cols.shape[1]), cols.shape[0])
+    where = (batch_of, slot, pos_in)
     A12 = A21.tocsc()  # column s: the trailing entries of level s (rows of A21)
-    found = [_pairs_in_blocks(A12, lo, min(lo + PAIR_CHUNK, A12.shape[1]), batch_of, slot, pos_in)
-             for lo in range(0, A12.shape[1], PAIR_CHUNK)]  # fmt: skip
-    r1, r2, lev, vals = (np.concatenate([f[i] for f in found]) for i in range(4))
+    pieces: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in clusters.batches]
+    for lo, hi in _pair_chunks(np.diff(A12.indptr), PAIR_CHUNK):
+        r1, r2, lev, vals = _pairs_in_blocks(A12, lo, hi, where)
+        for b, cols in enumerate(clusters.batches):
+            size, sel = cols.shape[1], batch_of[r1] == b
+            flat = (slot[r1[sel]] * size + pos_in[r1[sel]]) * size + pos_in[r2[sel]]
+            counts = np.bincount(lev[sel] - lo, minlength=hi - lo)
+            pieces[b].append((counts, flat.astype(np.int32), vals[sel]))
     A22c = A22.tocoo()
     keep = (batch_of[A22c.row] == batch_of[A22c.col]) & (slot[A22c.row] == slot[A22c.col])
     base, maps = [], []
     for b, cols in enumerate(clusters.batches):
         nb, size = cols.shape
-        sel = batch_of[r1] == b
-        flat = (slot[r1[sel]] * size + pos_in[r1[sel]]) * size + pos_in[r2[sel]]
-        shape = (nb * size * size, A12.shape[1])
-        maps.append(sp.csr_matrix((vals[sel], (flat, lev[sel])), shape=shape))
+        maps.append(_stacked_rows(pieces[b], (n1, nb * size * size)))
         blk = np.zeros((nb, size, size))
         sa = keep & (batch_of[A22c.row] == b)
         rr, cc = A22c.row[sa], A22c.col[sa]
         blk[slot[rr], pos_in[rr], pos_in[cc]] = A22c.data[sa]
         base.append(blk)
-    return _WithinPairs(base, maps, (batch_of, slot, pos_in))
+    return _WithinPairs(base, maps, where)
 
 
-PAIR_CHUNK = 100_000  # levels of the first term per chunk of pair generation
+PAIR_CHUNK = 4_000_000  # entry pairs per chunk of pair generation (~0.3 GB of temporaries)
 
 
-def _pairs_in_blocks(A12: sp.csc_matrix, lo: int, hi: int, batch_of, slot, pos_in):
+def _pair_chunks(counts: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """Consecutive ranges of levels with at most ``budget`` entry pairs (k_s^2) each, or
+    one level where that alone is more."""
+    cum = np.cumsum(counts.astype(np.int64) ** 2)
+    cuts, lo = [], 0
+    while lo < len(counts):
+        base = cum[lo - 1] if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(cum, base + budget, side="right")))
+        cuts.append((lo, hi))
+        lo = hi
+    return cuts
+
+
+def _stacked_rows(pieces: list, shape: tuple[int, int]) -> sp.csr_matrix:
+    """CSR from consecutive row ranges given as (entries per row, column indices, values),
+    filled in place and each piece dropped once copied (no second copy of all of them)."""
+    indptr = np.zeros(shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.concatenate([c for c, _, _ in pieces]), out=indptr[1:])
+    nnz = int(indptr[-1])
+    index_type = np.int32 if max(nnz, shape[1]) < 2**31 else np.int64
+    indices, data = np.empty(nnz, dtype=index_type), np.empty(nnz)
+    at = 0
+    while pieces:
+        _, idx, vals = pieces.pop(0)
+        indices[at : at + len(idx)], data[at : at + len(idx)] = idx, vals
+        at += len(idx)
+    return sp.csr_matrix((data, indices, indptr.astype(index_type)), shape=shape)
+
+
+def _pairs_in_blocks(A12: sp.csc_matrix, lo: int, hi: int, where):
     """Entry pairs (j, k), pos(j) >= pos(k), of the levels lo..hi that share a block."""
+    batch_of, slot, pos_in = where
     ptr = A12.indptr
     counts = np.diff(ptr[lo : hi + 1])
     entries = np.arange(ptr[lo], ptr[hi])

@@ -53,6 +53,7 @@ class LinearMixedModel:
         cp = data.cp
         self.criterion = Criterion(reml, cp.n, cp.XtX.shape[0], cp.sum_log_w)
         self._last: tuple[PLSSolution, np.ndarray | None] | None = None
+        self.evaluation_s: list[float] = []  # seconds of each PLS solve (+ its gradient)
 
     def solve(self, theta: np.ndarray) -> PLSSolution:
         """The PLS solution at theta; the factor then holds theta.  The last one is kept:
@@ -61,7 +62,9 @@ class LinearMixedModel:
         if self._last is not None and np.array_equal(self._last[0].theta, theta):
             return self._last[0]
         self._last = None  # a failed factorization leaves the factor in no known state
+        started = time.perf_counter()
         sol = self.pls.solve(theta)
+        self.evaluation_s.append(time.perf_counter() - started)
         self._last = (sol, None)
         return sol
 
@@ -84,7 +87,9 @@ class LinearMixedModel:
         assert self._last is not None
         if self._last[1] is not None:
             return value, self._last[1].copy()
+        started = time.perf_counter()
         grad = gradient(self.pls, self.criterion, sol)
+        self.evaluation_s[-1] += time.perf_counter() - started
         if grad is None:  # (forward differences move the factor: solve again after)
             grad = forward_gradient(self.objective, np.asarray(theta, float), value)
             self.solve(theta)
@@ -117,7 +122,7 @@ class LinearMixedModel:
     def fit(
         self, control: Control = Control(), progress: IterationProgress | None = None
     ) -> LMMFit:
-        started = time.perf_counter()
+        started, first = time.perf_counter(), len(self.evaluation_s)
         with threadpool_limits(self.pls.factor.blas_limits()):
             opt, fg, optimizer = self._optimize(control, progress)
             checked = check_convergence(
@@ -130,7 +135,8 @@ class LinearMixedModel:
         if isinstance(sol, IterativeSolution):
             checks.extend(_iterative_notes(sol))
         result = build_result(self, sol, checks, opt.evaluations, optimizer)
-        return LMMFit(self, sol, result, time.perf_counter() - started)
+        fit_s, evaluation_s = time.perf_counter() - started, tuple(self.evaluation_s[first:])
+        return LMMFit(self, sol, result, fit_s, evaluation_s)
 
 
 def _iterative_notes(sol: IterativeSolution) -> list[Diagnostic]:
@@ -192,6 +198,7 @@ class LMMFit:
     sol: PLSSolution
     result: FitResult
     fit_s: float
+    evaluation_s: tuple[float, ...] = ()  # the fit's evaluations (objective and gradient)
 
     def criterion_sigma2(self) -> float:
         return self.model.criterion.sigma2(self.sol)

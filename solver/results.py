@@ -136,6 +136,19 @@ def build_result(
     )
 
 
+def evaluation_timings(evaluation_s: Sequence[float]) -> dict[str, float]:
+    """For a fit's ``timings``: how many evaluations of the objective (and gradient) the
+    fit made, the checks' included, the first's seconds (on the iterative path it also
+    chooses the deflation) and the median's; nothing where they were not recorded."""
+    if not evaluation_s:
+        return {}
+    return {
+        "evaluations": len(evaluation_s),
+        "first_evaluation_s": float(evaluation_s[0]),
+        "evaluation_s": float(np.median(evaluation_s)),
+    }
+
+
 def _converged(checks: list[Diagnostic]) -> bool:
     return not any(d.severity in ("warning", "error") for d in checks)
 

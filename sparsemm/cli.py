@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from sparsemm import cli_inference, cli_profile, solver
-from sparsemm.solver.results import json_safe
+from sparsemm.solver.results import evaluation_timings, json_safe
 from sparsemm.summary import summary_text
 
 
@@ -158,6 +158,7 @@ def _fit(args: argparse.Namespace) -> int:
         fitted = model.fit(progress=prog.iteration)
     result = fitted.result
     timings = {"read_s": read_s, "fit_s": time.perf_counter() - started - read_s}
+    timings |= evaluation_timings(fitted.evaluation_s)
     scaled = _write_outputs(fitted, args)
     out = cli_inference.augment(result.to_dict(), fitted, args)
     timings["total_s"] = time.perf_counter() - started

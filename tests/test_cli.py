@@ -34,7 +34,9 @@ def test_json_contract(capsys) -> None:
     assert res["method"] == "REML" and res["nobs"] == 180 and res["ngroups"] == {"Subject": 18}
     assert abs(res["reml_criterion"] - 1743.6282719) < 1e-5
     assert [r["group"] for r in res["variance_components"]][-1] == "Residual"
-    assert set(res["timings"]) == {"read_s", "fit_s", "total_s"}
+    timings = {"read_s", "fit_s", "total_s", "evaluations", "first_evaluation_s", "evaluation_s"}
+    assert set(res["timings"]) == timings
+    assert res["timings"]["evaluations"] > res["diagnostics"]["evaluations"]  # + the checks'
 
 
 def test_text_summary_and_outputs(capsys, tmp_path) -> None:

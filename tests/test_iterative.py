@@ -105,16 +105,77 @@ def test_vector_first_term_is_refused_clearly() -> None:
         LinearMixedModel(data, ordering="iterative")
 
 
-@pytest.mark.parametrize("kernels", [True, False])
-def test_chunked_gram_matches_the_plain_products(monkeypatch, kernels: bool) -> None:
+@pytest.mark.parametrize(("kernels", "renumbered"), [(True, False), (False, False), (True, True)])
+def test_chunked_gram_matches_the_plain_products(monkeypatch, kernels, renumbered) -> None:
     """A21 diag(w) A12 X over threads and chunks, with scipy's private kernels or the
-    public products, equals the two sparse products."""
+    public products, with the columns and levels renumbered for locality or not (an empty
+    level included), equals the two sparse products; in float32 to its precision."""
     from sparsemm.solver import gram
 
     monkeypatch.setattr(gram, "KERNELS", kernels and gram.KERNELS)
     monkeypatch.setattr(gram, "CHUNK_LEVELS", 7)
     rng = np.random.default_rng(4)
-    A12 = sp.random(50, 9, density=0.3, format="csr", random_state=5)
+    A12 = sp.random(50, 9, density=0.3, format="csr", random_state=5).tolil()
+    A12[3, :] = 0.0
+    A12 = A12.tocsr()
     w, X = rng.uniform(0.5, 2.0, 50), rng.normal(size=(9, 4))
     expected = A12.T @ (w[:, None] * (A12 @ X))
-    np.testing.assert_allclose(gram.ChunkedGram(A12)(w, X), expected, rtol=1e-12, atol=1e-12)
+    g = gram.ChunkedGram(A12, cols=rng.permutation(9) if renumbered else None)
+    np.testing.assert_allclose(g(w, X), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g.astype(np.float32)(w, X), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cluster_blocks_of_the_gram_product_from_the_pair_map(data, monkeypatch) -> None:
+    """The pair map, built in chunks of at most 50 pairs, gives the cluster blocks of
+    A21 diag(w) A12 exactly as the dense product does."""
+    from sparsemm.solver import iterative
+
+    monkeypatch.setattr(iterative, "PAIR_CHUNK", 50)
+    op = SchurOperator(data.cp.ZtZ, data.layout)
+    within = iterative._within_pairs(op.A21, op.A22, op.clusters)
+    w = np.random.default_rng(3).uniform(0.1, 1.0, op.n1)
+    dense = (op.A21 @ sp.diags(w) @ op.A12).toarray()
+    for cols, blocks in zip(op.clusters.batches, within.products(w)):
+        expected = dense[cols[:, :, None], cols[:, None, :]]
+        np.testing.assert_allclose(blocks, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_pair_chunks_cover_the_levels_within_the_budget() -> None:
+    from sparsemm.solver.iterative import _pair_chunks
+
+    counts = np.array([3, 1, 0, 5, 2, 2, 1])  # pairs per level: 9 1 0 25 4 4 1
+    assert _pair_chunks(counts, 10) == [(0, 3), (3, 4), (4, 7)]
+    assert _pair_chunks(counts, 1000) == [(0, 7)]
+
+
+@pytest.mark.parametrize(
+    ("errors", "tried", "kept"),
+    [
+        # falls of 14% or more (EHR 1M rows): all tried, the widest has the least cost
+        ([1.41e-3, 1.22e-3, 0.97e-3, 0.82e-3, 0.47e-3], 5, 4),
+        # the second gains 1% (EHR 10M rows): stop there, keep the first
+        ([4.80e-3, 4.75e-3, 4.66e-3, 4.51e-3, 4.20e-3], 2, 0),
+        # within SE_TARGET: the first such is kept at once
+        ([5e-4, 1.5e-4, 1e-4, 8e-5, 6e-5], 2, 1),
+    ],
+)
+def test_deflation_search_stops_when_wider_does_not_pay(data, errors, tried, kept) -> None:
+    """The search's rule on given standard errors; the kept deflation's state is restored
+    without computing it again."""
+    from sparsemm.solver import iterative
+
+    op = SchurOperator(data.cp.ZtZ, data.layout)
+    op.n2 = 10**6  # wider than every deflation (this model's 156 columns are not)
+    calls: list[tuple[int, int]] = []
+
+    def fake_logdet(choice: tuple[int, int]) -> iterative.LogDet:
+        k = len(calls)
+        calls.append(choice)
+        op.deflation, op.W, op._probes, op._inverse_probes = choice, k, k, k
+        return iterative.LogDet(float(k), errors[k], 64, 5)
+
+    op._logdet = fake_logdet  # type: ignore[method-assign]
+    ld = op.logdet()
+    assert calls == list(iterative.DEFLATIONS[:tried])
+    assert op.deflation == iterative.DEFLATIONS[kept]
+    assert (ld.value, op.W, op._probes, op._inverse_probes) == (kept, kept, kept, kept)

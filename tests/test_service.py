@@ -133,7 +133,8 @@ def test_cli_prints_the_same_in_process_and_remote(
     assert outputs["local"][0] == outputs["remote"][0]  # the text summary, to the character
     local_json, remote_json = (json.loads(outputs[w][1]) for w in ("local", "remote"))
     close(contract(local_json), contract(remote_json))
-    assert set(remote_json["timings"]) == {"read_s", "fit_s", "total_s"}
+    assert set(remote_json["timings"]) == set(local_json["timings"])
+    assert {"read_s", "fit_s", "total_s"} <= set(remote_json["timings"])
 
 
 def test_cli_remote_outputs_and_bad_input(
