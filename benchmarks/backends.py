@@ -148,7 +148,10 @@ def run_sparsemm(problem: Problem, timeout: float | None = None, cache: Path = C
     cmd = [sparsemm_python(), "-m", "sparsemm", "fit", "--data", str(problem.data)]
     cmd += ["--formula", problem.formula, "--format", "json", "--family", problem.family]
     cmd += [] if problem.reml else ["--ml"]
-    child = run_child(cmd, timeout=timeout)
+    with tempfile.TemporaryDirectory() as tmp:
+        ranef = Path(tmp) / "ranef.parquet"
+        child = run_child(cmd + (["--ranef", str(ranef)] if problem.ranef else []), timeout=timeout)
+        ranef_rows = pq.read_metadata(ranef).num_rows if ranef.exists() else None
     if child.returncode != 0:
         raise _failure("sparsemm", child)
     out = last_json_line(child.stdout)
@@ -158,6 +161,8 @@ def run_sparsemm(problem: Problem, timeout: float | None = None, cache: Path = C
         "read_s": timings.get("read_s"),
         "fit_s": timings.get("fit_s"),
         "nnz_L": diagnostics.get("nnz_L"),
+        "outputs_s": timings.get("outputs_s"),  # writing --ranef (conditional SDs included)
+        "ranef_rows": ranef_rows,
         "converged": out.get("converged"),
         "singular": out.get("singular"),
         "messages": out.get("messages", []),

@@ -33,6 +33,7 @@ class Problem:
     ehr_rows: int | None = None  # synthetic: generate ``data`` with this many rows
     family: str = "gaussian"
     true_beta: tuple[tuple[str, float], ...] = ()  # generating fixed effects, by term
+    ranef: bool = False  # sparsemm also writes the conditional modes and SDs (timed)
 
     @property
     def method(self) -> str:

@@ -19,7 +19,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lme4-max-rows", type=int, default=1_000_000)
     p.add_argument("--force-lme4", action="store_true", help="run lme4 at any size")
     p.add_argument("--timeout", type=float, default=None, help="seconds per fit")
+    p.add_argument(
+        "--ranef", action="store_true",
+        help="sparsemm also writes conditional modes with conditional SDs (extra: outputs_s)",
+    )  # fmt: skip
     p.add_argument(
         "--reference",
         type=Path,
@@ -76,6 +80,8 @@ def ensure_data(problem: Problem) -> int | None:
 def run_one(backend: str, problem: Problem, repeat: int, args: argparse.Namespace) -> Row:
     """One fit as a CSV row; raises ``backends.Skipped``."""
     row: Row = {"problem": problem.name, "backend": backend, "repeat": repeat}
+    if args.ranef:
+        problem = replace(problem, ranef=True)
     try:
         result = backends.BACKENDS[backend](problem, timeout=args.timeout, cache=args.cache)
     except backends.BackendError as err:

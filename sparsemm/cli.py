@@ -159,7 +159,9 @@ def _fit(args: argparse.Namespace) -> int:
     result = fitted.result
     timings = {"read_s": read_s, "fit_s": time.perf_counter() - started - read_s}
     timings |= evaluation_timings(fitted.evaluation_s)
+    outputs_started = time.perf_counter()
     scaled = _write_outputs(fitted, args)
+    timings["outputs_s"] = time.perf_counter() - outputs_started
     out = cli_inference.augment(result.to_dict(), fitted, args)
     timings["total_s"] = time.perf_counter() - started
     if args.format == "json":

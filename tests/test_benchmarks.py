@@ -4,6 +4,7 @@ through the CLI in a child process) and how the Markdown reads it."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from benchmarks import backends, ehr_generator, problems, run
@@ -19,6 +20,15 @@ def test_sparsemm_records_fixed_effects_and_evaluations(tmp_path: Path) -> None:
     assert extra["evaluations"] > extra["optimizer_evaluations"] > 5  # + the checks'
     assert 0 < extra["evaluation_s"] < extra["fit_s"]
     assert extra["first_evaluation_s"] > 0
+    assert extra["ranef_rows"] is None
+
+
+def test_sparsemm_times_the_conditional_modes_when_asked(tmp_path: Path) -> None:
+    problem = problems.ehr("ehr_tiny", 3_000, tmp_path)
+    ehr_generator.write(3_000, problem.data, seed=problems.EHR_SEED)
+    extra = backends.run_sparsemm(replace(problem, ranef=True)).extra
+    assert extra["ranef_rows"] == 300 + 15 + 2 * 2  # patients, physicians, hospitals x 2
+    assert 0 < extra["outputs_s"] < extra["fit_s"]
 
 
 def _row(extra: dict) -> run.Row:
