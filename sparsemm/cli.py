@@ -161,7 +161,8 @@ def _fit(args: argparse.Namespace) -> int:
     timings |= evaluation_timings(fitted.evaluation_s)
     outputs_started = time.perf_counter()
     scaled = _write_outputs(fitted, args)
-    timings["outputs_s"] = time.perf_counter() - outputs_started
+    if args.ranef or args.fitted:
+        timings["outputs_s"] = time.perf_counter() - outputs_started
     out = cli_inference.augment(result.to_dict(), fitted, args)
     timings["total_s"] = time.perf_counter() - started
     if args.format == "json":
