@@ -38,7 +38,7 @@ TRACE_CHUNK = 4096  # levels of the first term per block of X (B D^-1)
 # below, one thread: two spinning BLAS threads on a busy 2-core machine cost 4-10x
 DENSE_THREADS_FROM = 2500
 SINGLE_FROM = 1000  # n2 from which the gradient's S^-1 may be single precision
-SINGLE_RESIDUAL = 1e-5
+SINGLE_RESIDUAL = 1e-4  # EHR 1M: 1e-5 to 1.6e-5 far from the optimum, 2.7e-6 near it
 
 
 class CholmodFactor:
@@ -313,12 +313,13 @@ class MappedSchurFactor(SchurFactor):
     or, when Lambda_2 = diag(lam), as S = (lam lam') o A22 - (lam lam') o G w + I in one
     pass.  With the same map the gradient's first trace is
 
-        tr(S^-1 B D^-2 B') = < S^-1, Lambda_2' H Lambda_2 >,   H = G (theta_1^2 / d^2),
+        tr(S^-1 B D^-2 B') = < Lambda_2 S^-1 Lambda_2', H >,   H = G (theta_1^2 / d^2),
 
-    summed over the lower triangle of S^-1 (LAPACK trtri + lauum; in single precision for
-    a large S when a probe residual allows, ``gradient_inverse_lower``) with off-diagonal entries
-    counted twice (only over the positions G reaches when Lambda_2 is diagonal), and the
-    trailing block sums are gathered from that triangle too.
+    summed over the positions G reaches in the lower triangle, off-diagonal ones twice,
+    with S^-1 from LAPACK trtri + lauum (in single precision for a large S when a probe
+    residual allows, ``gradient_inverse_lower``) and the congruence done in place on it
+    (a scaling when Lambda_2 is diagonal); the trailing block sums are gathered from the
+    lower triangle of S^-1 first.
     """
 
     def __init__(self, A: sp.csc_matrix, n1: int, terms: list[tuple[int, int, int]]) -> None:
@@ -327,6 +328,7 @@ class MappedSchurFactor(SchurFactor):
         self.n2 = self.q - n1
         self.terms = terms
         self.diagonal = all(p == 1 for _, p, _ in terms)  # Lambda_2 is diagonal
+        self._block_lower, self._block_upper = _vector_block_halves(terms, self.n2)
         self._buffers: dict[str, np.ndarray] = {}
         self._pattern: tuple[np.ndarray, np.ndarray] | None = None
         self._Sinv_lower: np.ndarray | None = None
@@ -465,13 +467,15 @@ class MappedSchurFactor(SchurFactor):
         S.reshape(-1, order="F")[self._rows] -= (self.G @ w) * (lam[r] * lam[c])
         return S
 
-    def _congruence(self, K: np.ndarray) -> np.ndarray:
-        """The lower triangle of Lambda_2' K Lambda_2, in place (K Fortran order, valid
-        in its lower triangle and in vector terms' p x p level blocks): a trailing term's
-        columns times I (x) T_k, then its rows times I (x) T_k'; a scalar term's are
-        scaled.  A lower entry of the result reads only lower entries of K and the
-        entries of its own level block (the rest above the diagonal is left garbage)."""
+    def _congruence(self, K: np.ndarray, transposed: bool = False) -> np.ndarray:
+        """The lower triangle of Lambda_2' K Lambda_2 (Lambda_2 K Lambda_2' when
+        ``transposed``), in place (K Fortran order, valid in its lower triangle and in
+        vector terms' p x p level blocks): a trailing term's columns times I (x) T_k, then
+        its rows times I (x) T_k'; a scalar term's are scaled.  A lower entry of the result
+        reads only lower entries of K and the entries of its own level block (the rest
+        above the diagonal is left garbage)."""
         for (off, p, nl), T in zip(self.terms, self.T):
+            T = T.T if transposed else T
             end = off + p * nl
             if p == 1:
                 K[:, off:end] *= T[0, 0]
@@ -515,7 +519,7 @@ class MappedSchurFactor(SchurFactor):
     def _work(self, name: str, dtype: type = np.float64) -> np.ndarray:
         """A dense n2 x n2 Fortran-order buffer kept across updates (a fresh one each
         theta cost its page faults: ~0.1 s at n2 = 5,000): "S" holds K, then S, then
-        L_S; "Sinv" S^-1; "Sinv32" its single-precision copy; "H" the first trace's matrix."""
+        L_S; "Sinv" S^-1; "Sinv32" its single-precision copy."""
         buf = self._buffers.get(name)
         if buf is None:
             buf = self._buffers[name] = np.empty((self.n2, self.n2), dtype=dtype, order="F")
@@ -528,25 +532,35 @@ class MappedSchurFactor(SchurFactor):
         return self._Sinv
 
     def block_sums(self, layout: TermLayout) -> list[np.ndarray]:
-        """SB_k (see ``SchurFactor.block_sums``): the first trace via the map G, the
-        trailing terms' blocks gathered from the lower triangle of S^-1."""
-        sums = [self.Dinv.sum(axis=0) + self.first_trace()]
-        sums += [self.trailing_block_sum(off, p, nl) for off, p, nl in self.terms]
-        return sums
+        """SB_k (see ``SchurFactor.block_sums``): the trailing terms' blocks gathered from
+        the lower triangle of S^-1, then the first trace via the map G (which may
+        overwrite that S^-1)."""
+        trailing = [self.trailing_block_sum(off, p, nl) for off, p, nl in self.terms]
+        return [self.Dinv.sum(axis=0) + self.first_trace(), *trailing]
 
     def first_trace(self) -> np.ndarray:
-        """[[tr(S^-1 B D^-2 B')]] via the map G: with Lambda_2 diagonal (lam) a sum over
-        the positions G reaches, else through the dense Lambda_2' H Lambda_2."""
+        """[[tr(S^-1 B D^-2 B')]] = < Lambda_2 S^-1 Lambda_2', H >, H = G (theta_1^2/d^2),
+        a sum over the lower-triangle positions G reaches (off-diagonal ones twice): with
+        Lambda_2 diagonal (lam) by scaling, else by the congruence done in place on S^-1."""
         w = self.theta1**2 / self.d**2
         if self.diagonal:
             r, c = self._row_col
             Sinv = self.gradient_inverse_lower().reshape(-1, order="F")[self._rows]
             weight = self._pair_weight * self.lam[r] * self.lam[c]
             return np.array([[float(np.sum((self.G @ w) * weight * Sinv))]])
-        H = self._work("H")
-        H.fill(0.0)
-        H = self._mapped(w, H)
-        return np.array([[_lower_inner(self.gradient_inverse_lower(), self._congruence(H))]])
+        Y = self._consume_gradient_inverse()
+        flat = Y.reshape(-1, order="F")
+        flat[self._block_upper] = flat[self._block_lower]
+        Y = self._congruence(Y, transposed=True).reshape(-1, order="F")  # Lambda_2 S^-1 Lambda_2'
+        return np.array([[float(np.sum((self.G @ w) * self._pair_weight * Y[self._rows]))]])
+
+    def _consume_gradient_inverse(self) -> np.ndarray:
+        """The gradient's S^-1, to be overwritten: its caches are dropped."""
+        Y = self.gradient_inverse_lower()
+        if Y is self._Sinv_lower:
+            self._Sinv_lower = self._Sinv = None
+        self._Sinv_grad = None
+        return Y
 
     def trailing_block_sum(self, off: int, p: int, nl: int) -> np.ndarray:
         """sum over the levels of a trailing term (at ``off`` in S) of its p x p
@@ -558,6 +572,21 @@ class MappedSchurFactor(SchurFactor):
             for c in range(a + 1):
                 out[a, c] = out[c, a] = Sinv[base + a, base + c].sum()
         return out
+
+
+def _vector_block_halves(
+    terms: list[tuple[int, int, int]], n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fortran-order positions (lower, mirrored upper) of the entries below the diagonal
+    of each level's p x p block of the vector terms in an n x n matrix."""
+    lower, upper = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for off, p, nl in terms:
+        a, c = np.tril_indices(p, -1)
+        base = off + np.arange(nl)[:, None] * p
+        rows, cols = (base + a).ravel(), (base + c).ravel()
+        lower.append(rows + cols * n)
+        upper.append(cols + rows * n)
+    return np.concatenate(lower), np.concatenate(upper)
 
 
 def _triangular_inverse_gram(L: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -595,16 +624,3 @@ def _mirror(pos: np.ndarray, n: int) -> np.ndarray:
     """Fortran-order positions (i, j) -> (j, i) in an n x n matrix."""
     col, row = np.divmod(pos, n)
     return col + row * n
-
-
-def _lower_inner(L: np.ndarray, H: np.ndarray, chunk: int = 512) -> float:
-    """sum over j >= k of w_jk L_jk H_jk, w = 1 on the diagonal and 2 below it (H
-    symmetric, L valid in its lower triangle only), a block of columns at a time."""
-    n = L.shape[0]
-    total = 0.0
-    for c0 in range(0, n, chunk):
-        c1 = min(n, c0 + chunk)
-        square = L[c0:c1, c0:c1] * H[c0:c1, c0:c1]
-        total += 2.0 * float(np.sum(np.tril(square, -1))) + float(np.trace(square))
-        total += 2.0 * float(np.sum(L[c1:, c0:c1] * H[c1:, c0:c1]))
-    return total
