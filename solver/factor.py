@@ -555,10 +555,11 @@ class MappedSchurFactor(SchurFactor):
         return np.array([[float(np.sum((self.G @ w) * self._pair_weight * Y[self._rows]))]])
 
     def _consume_gradient_inverse(self) -> np.ndarray:
-        """The gradient's S^-1, to be overwritten: its caches are dropped."""
+        """The gradient's S^-1, to be overwritten: the caches held in it are dropped (the
+        symmetric ``_Sinv`` is a copy and stays)."""
         Y = self.gradient_inverse_lower()
         if Y is self._Sinv_lower:
-            self._Sinv_lower = self._Sinv = None
+            self._Sinv_lower = None
         self._Sinv_grad = None
         return Y
 
@@ -579,14 +580,13 @@ def _vector_block_halves(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fortran-order positions (lower, mirrored upper) of the entries below the diagonal
     of each level's p x p block of the vector terms in an n x n matrix."""
-    lower, upper = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    lower = [np.zeros(0, dtype=np.int64)]
     for off, p, nl in terms:
         a, c = np.tril_indices(p, -1)
         base = off + np.arange(nl)[:, None] * p
-        rows, cols = (base + a).ravel(), (base + c).ravel()
-        lower.append(rows + cols * n)
-        upper.append(cols + rows * n)
-    return np.concatenate(lower), np.concatenate(upper)
+        lower.append(((base + a) + (base + c) * n).ravel())
+    pos = np.concatenate(lower)
+    return pos, _mirror(pos, n)
 
 
 def _triangular_inverse_gram(L: np.ndarray, out: np.ndarray) -> np.ndarray:
