@@ -176,8 +176,12 @@ class GeneralizedLinearMixedModel:
         self._factored: PLSSolution | None = None  # what the factor last solved
         self._empty = np.zeros((len(self.y), 0))
 
+    def _working_weights(self, it: Iterate) -> np.ndarray:
+        """w = wt mu_eta^2 / variance(mu) at the iterate."""
+        return self.wt * it.d**2 / self.family.variance(it.mu)
+
     def _weighted(self, it: Iterate, beta: np.ndarray | None) -> CrossProducts:
-        w = self.wt * it.d**2 / self.family.variance(it.mu)
+        w = self._working_weights(it)
         z = it.eta - self.offset + (self.y - it.mu) / it.d
         if beta is None:
             return self.passes(w, z, self.passes.X)
@@ -243,9 +247,8 @@ class GeneralizedLinearMixedModel:
 
     def _pcg_step(self, Lambda, cur: Iterate, beta, pre) -> np.ndarray | None:
         """A^-1 r over u (and beta when it is free) by PCG, or None."""
-        w = self.wt * cur.d * cur.d / self.family.variance(cur.mu)
         X = self.passes.X if beta is None else self._empty
-        A = PLSOperator(self.passes.Z, self.passes.Zt, X, w, Lambda)
+        A = PLSOperator(self.passes.Z, self.passes.Zt, X, self._working_weights(cur), Lambda)
         r = self._score(cur, Lambda, beta is None)
         rtol = PCG_RTOL * math.sqrt(self.pirls_tol)
         x, _ = pcg(A, pre, r, pre(r), rtol, PCG_MAXIT, PCG_ATOL)
