@@ -333,6 +333,9 @@ class MappedSchurFactor(SchurFactor):
         self._pattern: tuple[np.ndarray, np.ndarray] | None = None
         self._Sinv_lower: np.ndarray | None = None
         self._Sinv_grad: np.ndarray | None = None
+        self._Gm: np.ndarray | None = None
+        self._squares: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._single = True  # the gradient's S^-1 may be single (SINGLE_FROM)
         self.set_crossproducts(A)
 
     @staticmethod
@@ -382,7 +385,7 @@ class MappedSchurFactor(SchurFactor):
             raise ValueError("first block is not diagonal")
         k = np.diff(ptr[: n1 + 1]) - 1  # entries below the first block, per level
         below = np.setdiff1d(np.arange(ptr[n1]), ptr[:n1], assume_unique=True)
-        i1, i2 = _pairs_within_levels(below, k)
+        i1, i2 = pairs_within_levels(below, k)
         r1, r2 = idx[i1] - n1, idx[i2] - n1  # r1 >= r2 since indices are sorted
         levels = np.repeat(np.arange(n1), k * (k + 1) // 2)
         G = sp.coo_matrix(
@@ -410,6 +413,7 @@ class MappedSchurFactor(SchurFactor):
         self._a22_off = np.flatnonzero(self._in_vector_block(self._a22_pos))
         self._a22_mirror = _mirror(self._a22_pos[self._a22_off], n2)
         self._pattern = (ptr, idx)
+        self._squares = None
 
     def _in_vector_block(self, pos: np.ndarray) -> np.ndarray:
         """Which Fortran-order positions of S lie below the diagonal of one level's
@@ -455,7 +459,7 @@ class MappedSchurFactor(SchurFactor):
         if info != 0:
             raise np.linalg.LinAlgError("Schur complement is not positive definite")
         self.LS = LS
-        self._Sinv = self._Linv = self._Sinv_lower = self._Sinv_grad = None
+        self._Sinv = self._Linv = self._Sinv_lower = self._Sinv_grad = self._Gm = None
 
     def _scaled_K(self, w: np.ndarray, chunk: int = 256) -> np.ndarray:
         """(lam lam') o K(w), lower triangle, in one pass over A22 (Lambda_2 diagonal)."""
@@ -506,7 +510,7 @@ class MappedSchurFactor(SchurFactor):
         precision, which halves the LAPACK time, kept when a probe's residual
         |S X v - v| / |v| is at most SINGLE_RESIDUAL (then each trace's relative error is
         of that order); otherwise, and for small S, the double-precision inverse."""
-        if self._Sinv_lower is not None or self.n2 < SINGLE_FROM:
+        if self._Sinv_lower is not None or self.n2 < SINGLE_FROM or not self._single:
             return self.schur_inverse_lower()
         if self._Sinv_grad is None:
             X32 = _triangular_inverse_gram(self.LS, self._work("Sinv32", np.float32))
@@ -516,10 +520,19 @@ class MappedSchurFactor(SchurFactor):
             self._Sinv_grad = X if ok else self.schur_inverse_lower()
         return self._Sinv_grad
 
+    def allow_single_precision(self, allow: bool) -> None:
+        """Whether the gradient's S^-1 may be single precision; a change drops what was
+        computed from the current one."""
+        if allow != self._single:
+            self._single = allow
+            if self._Sinv_grad is not None and self._Sinv_grad is not self._Sinv_lower:
+                self._Sinv_grad = None
+            self._Gm = None
+
     def _work(self, name: str, dtype: type = np.float64) -> np.ndarray:
         """A dense n2 x n2 Fortran-order buffer kept across updates (a fresh one each
         theta cost its page faults: ~0.1 s at n2 = 5,000): "S" holds K, then S, then
-        L_S; "Sinv" S^-1; "Sinv32" its single-precision copy."""
+        L_S; "Sinv" S^-1 (then Lambda_2 S^-1 Lambda_2'); "Sinv32" its single-precision copy."""
         buf = self._buffers.get(name)
         if buf is None:
             buf = self._buffers[name] = np.empty((self.n2, self.n2), dtype=dtype, order="F")
@@ -548,11 +561,34 @@ class MappedSchurFactor(SchurFactor):
             Sinv = self.gradient_inverse_lower().reshape(-1, order="F")[self._rows]
             weight = self._pair_weight * self.lam[r] * self.lam[c]
             return np.array([[float(np.sum((self.G @ w) * weight * Sinv))]])
-        Y = self._consume_gradient_inverse()
-        flat = Y.reshape(-1, order="F")
-        flat[self._block_upper] = flat[self._block_lower]
-        Y = self._congruence(Y, transposed=True).reshape(-1, order="F")  # Lambda_2 S^-1 Lambda_2'
+        Y = self.congruent_inverse().reshape(-1, order="F")  # Lambda_2 S^-1 Lambda_2'
         return np.array([[float(np.sum((self.G @ w) * self._pair_weight * Y[self._rows]))]])
+
+    def congruent_inverse(self) -> np.ndarray:
+        """Gm = Lambda_2 S^-1 Lambda_2' (lower triangle valid), once per update, in the
+        buffer of the gradient's S^-1, which it consumes (the first trace's congruence,
+        and the row leverages of ``leverage``)."""
+        if self._Gm is None:
+            Y = self._consume_gradient_inverse()
+            flat = Y.reshape(-1, order="F")
+            flat[self._block_upper] = flat[self._block_lower]
+            self._Gm = self._congruence(Y, transposed=True)
+        return self._Gm
+
+    def level_squares(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The structure of P with (P Gm[positions])_e = sum_k Gm_jk A21_kl for each entry
+        e = (j, l) of A21: one row per entry, one column per position of the map
+        (``positions``, lower triangle) for each partner k in the same column of A21:
+        (indptr, indices, src), src the partner's entry (P.data = A21.data[src]).  Built
+        once per pattern."""
+        if self._squares is None:
+            self._squares = _level_squares(self.A21, self._rows, self.n2)
+        return self._squares
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Fortran-order positions in S (lower triangle) that the map G reaches."""
+        return self._rows
 
     def _consume_gradient_inverse(self) -> np.ndarray:
         """The gradient's S^-1, to be overwritten: the caches held in it are dropped (the
@@ -610,7 +646,7 @@ def _inverse_residual(L: np.ndarray, X: np.ndarray) -> float:
     return float(np.linalg.norm(r) / np.linalg.norm(v))
 
 
-def _pairs_within_levels(below: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pairs_within_levels(below: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions (i1 >= i2) in A.data of every pair of entries within one level's column
     below the first block (k of them per level), level by level."""
     rank = np.arange(len(below)) - np.repeat(np.cumsum(k) - k, k)  # position in column
@@ -618,6 +654,30 @@ def _pairs_within_levels(below: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, 
     start = np.repeat(below - rank, rank + 1)
     within = np.arange(len(i1)) - np.repeat(np.cumsum(rank + 1) - (rank + 1), rank + 1)
     return i1, start + within
+
+
+def _level_squares(
+    A21: sp.csc_matrix, positions: np.ndarray, n2: int, chunk: int = 1 << 21
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``MappedSchurFactor.level_squares`` for A21 and the map's sorted ``positions``,
+    built a chunk of A21's entries at a time (each entry has one row per partner)."""
+    k = np.diff(A21.indptr)
+    col = np.repeat(np.arange(A21.shape[1]), k)
+    rep = k[col]  # partners of each entry: the entries of its column
+    indptr = np.r_[0, np.cumsum(rep)]
+    indices, src = np.empty(indptr[-1], np.int32), np.empty(indptr[-1], np.int32)
+    lookup = np.zeros(n2 * n2, np.int32)  # position -> its index in ``positions``
+    lookup[positions] = np.arange(len(positions), dtype=np.int32)
+    for e0 in range(0, len(col), chunk):
+        e = np.arange(e0, min(e0 + chunk, len(col)))
+        r = np.repeat(e, rep[e])
+        partner = np.repeat(A21.indptr[col[e]], rep[e]) + (np.arange(len(r)) - np.repeat(
+            indptr[e] - indptr[e0], rep[e]))  # fmt: skip
+        j, m = A21.indices[r], A21.indices[partner]
+        lo, hi = indptr[e0], indptr[e[-1] + 1]
+        indices[lo:hi] = lookup[np.maximum(j, m) + np.minimum(j, m) * n2]
+        src[lo:hi] = partner
+    return indptr, indices, src
 
 
 def _mirror(pos: np.ndarray, n: int) -> np.ndarray:

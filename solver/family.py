@@ -104,6 +104,17 @@ class Family:
     name: str
     link: Link
 
+    @property
+    def canonical(self) -> bool:
+        """Whether the link is the family's canonical one (logit, log): then the working
+        weights are the observed information, -dv/deta = W (``laplace_gradient``)."""
+        return self.link.name == {"binomial": "logit", "poisson": "log"}[self.name]
+
+    def weight_slope(self, mu: Array, mu_eta: Array, wt: Array) -> Array:
+        """dW/deta for the canonical link, W = wt mu_eta: wt dmu_eta/deta, which is
+        wt mu_eta (1 - 2 mu) for logit and wt mu for log."""
+        return wt * mu_eta * (1.0 - 2.0 * mu) if self.name == "binomial" else wt * mu
+
     def variance(self, mu: Array) -> Array:
         return mu * (1 - mu) if self.name == "binomial" else mu
 

@@ -12,15 +12,19 @@ reweighted least squares (PIRLS) finds the conditional modes:
                       = -2 log-likelihood (Laplace), as lme4's devfun
 
 Stage 1 (nAGQ = 0) minimises d over theta with beta inside PIRLS; stage 2 minimises
-d over (theta, beta) with PIRLS over u only, by BOBYQA in units where d's curvature
-is about even (beta in its standard errors, theta_j in sqrt(2 / d_jj)).  Each PIRLS
+d over (theta, beta) with PIRLS over u only.  With a canonical link and a mapped Schur
+factor d has a closed-form gradient (``laplace_gradient``): stage 1 is then L-BFGS-B
+on log(theta), stage 2 quasi-Newton in units where the Hessian at its start is I, and
+the checks' Hessian comes from central differences of the gradient.  Otherwise both
+stages are BOBYQA, stage 2 in units where d's curvature is about even (beta in its
+standard errors, theta_j in sqrt(2 / d_jj)), and the Hessian is lme4's.  Each PIRLS
 step solves the PLS system at the new weights by conjugate gradients through the
 rows, preconditioned by the last factor (``pcg``), so that each evaluation factors once,
 at the modes, for log|L|^2 (``WeightedPass`` forms that factor's cross-products from a
 columnar buffer of the model rows); PIRLS starts from the modes predicted from those at
 earlier points (``warmstart``).
-Standard errors of beta come from the finite-difference Hessian of d over
-(theta, beta), as lme4's default ``vcov(use.hessian = TRUE)``:  vcov = 2 H^-1.
+Standard errors of beta come from the Hessian of d over (theta, beta) at the optimum,
+as lme4's default ``vcov(use.hessian = TRUE)``:  vcov = 2 H^-1.
 """
 
 from __future__ import annotations
@@ -33,15 +37,30 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import scipy.linalg as la
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from .condvar import conditional_variances
 from .crossprod import CrossProducts, z_matrix
 from .errors import DataError
+from .factor import MappedSchurFactor
 from .family import Family
+from .laplace_gradient import Modes, Rows, laplace_gradient
+from .leverage import RowLeverages
 from .model import ModelData
-from .optimize import Checked, Control, OptimResult, check_convergence, derivatives, minimize
+from .optimize import (
+    Checked,
+    Control,
+    OptimResult,
+    check_convergence,
+    combined,
+    derivatives,
+    derivatives_from_gradient,
+    minimize,
+    minimize_log_scale,
+    stalled_near_zero,
+)
 from .pcg import FactorPreconditioner, PLSOperator, pcg
 from .pls import PLS, PLSSolution, ThetaMap
 from .results import FitResult, glmm_result, ranef_table
@@ -55,7 +74,10 @@ GLMM_DELTA = 1e-3
 STAGE1_TOL = 1e-3  # stage 1 only starts stage 2: 1e-4 cost 9 more steps at EHR 100k
 STAGE2_TOL = 1e-7
 STAGE2_STEP = 0.5  # BOBYQA's first trust radius in stage 2's units (standard errors)
-CURVATURE_STEP = 1e-2  # forward differences along theta for stage 2's units
+CURVATURE_STEP = 1e-2  # forward differences along theta for stage 2's units (BOBYQA)
+BETA_STEP = 0.01  # finite-difference steps in beta, in its standard errors
+PIRLS_TOL_GRADIENT = 1e-10  # stage 1 with the closed-form gradient
+STAGE1_FTOL = 1e-9  # relative decrease at which L-BFGS-B ends stage 1
 # A PIRLS step by PCG stops at a residual (P^-1-norm) of PCG_RTOL sqrt(pirls_tol) of the
 # score's: at 1e-6 in stage 2, d stayed within 4e-11 of direct solves' (EHR 100k)
 PCG_RTOL = 1e1
@@ -175,6 +197,20 @@ class GeneralizedLinearMixedModel:
         self.starts = {True: WarmStarts(nt), False: WarmStarts(nt + p)}  # key: beta inside
         self._factored: PLSSolution | None = None  # what the factor last solved
         self._empty = np.zeros((len(self.y), 0))
+        # (point, d, gradient or None) of the last evaluation, while the state holds it
+        self._last: tuple[tuple, float, np.ndarray | None] | None = None
+        self.leverages = self._row_leverages()
+
+    def _row_leverages(self) -> RowLeverages | None:
+        """The closed-form gradient's row leverages, where it is offered: a canonical link
+        and a mapped Schur factor (``laplace_gradient``); else None (BOBYQA only)."""
+        factor = self.pls.factor
+        if not self.family.canonical or not isinstance(factor, MappedSchurFactor):
+            return None
+        try:
+            return RowLeverages(self.passes.Z, factor)
+        except ValueError:
+            return None
 
     def _working_weights(self, it: Iterate) -> np.ndarray:
         """w = wt mu_eta^2 / variance(mu) at the iterate."""
@@ -196,6 +232,7 @@ class GeneralizedLinearMixedModel:
 
     def pirls(self, theta: np.ndarray, beta: np.ndarray | None = None) -> PirlsState:
         """Conditional modes at theta (beta inside PIRLS when ``beta`` is None)."""
+        self._last = None  # the state moves
         cur = self._start(theta, beta)
         Lambda = self.tmap.Lambda(theta)
         it = 0
@@ -219,6 +256,7 @@ class GeneralizedLinearMixedModel:
     def _factor(self, theta: np.ndarray, cp: CrossProducts) -> PLSSolution:
         """Factor the PLS system at theta with cross-products cp and solve it; the factor
         then preconditions PIRLS's steps (``pcg``) until the next one."""
+        self._last = None  # the factor moves
         self.pls.set_crossproducts(cp)
         self._factored = None  # a failed factorization leaves no preconditioner
         self._factored = self.pls.solve(theta)
@@ -254,10 +292,14 @@ class GeneralizedLinearMixedModel:
         x, _ = pcg(A, pre, r, pre(r), rtol, PCG_MAXIT, PCG_ATOL)
         return x
 
+    def _v(self, mu: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """v = wt mu_eta (y - mu) / variance(mu) = -(1/2) d deviance / d eta."""
+        return self.wt * d * (self.y - mu) / self.family.variance(mu)
+
     def _score(self, it: Iterate, Lambda: sp.csc_matrix, with_beta: bool) -> np.ndarray:
         """r = [Lambda'Z'v - u; X'v], v = wt mu_eta (y - mu) / variance(mu): the PLS
         system's residual at the iterate (``pcg``), X'v only when beta is free."""
-        v = self.wt * it.d * (self.y - it.mu) / self.family.variance(it.mu)
+        v = self._v(it.mu, it.d)
         ru = Lambda.T @ (self.passes.Zt @ v) - it.u
         return np.concatenate([ru, self.passes.X.T @ v]) if with_beta else ru
 
@@ -286,12 +328,41 @@ class GeneralizedLinearMixedModel:
             t /= 2
 
     def laplace(self, theta: np.ndarray, beta: np.ndarray | None = None) -> float:
-        """d(theta, beta) = -2 log-likelihood (Laplace) at the PIRLS optimum."""
+        """d(theta, beta) = -2 log-likelihood (Laplace) at the PIRLS optimum (the last
+        point's value again when asked twice in a row: the state still holds it)."""
+        theta = np.asarray(theta, float)
+        point = (self.pirls_tol, theta.tobytes(), None if beta is None else beta.tobytes())
+        if self._last is not None and self._last[0] == point:
+            return self._last[1]
         try:
-            st = self.pirls(np.asarray(theta, float), beta)
+            st = self.pirls(theta, beta)
         except np.linalg.LinAlgError:
             return math.inf
-        return st.aic + float(st.u @ st.u) + st.logdet
+        value = st.aic + float(st.u @ st.u) + st.logdet
+        self._last = (point, value, None)
+        return value
+
+    def laplace_gradient(
+        self, theta: np.ndarray, beta: np.ndarray | None = None
+    ) -> tuple[float, np.ndarray]:
+        """(d, its gradient) over theta, and beta when it is given (``laplace_gradient``);
+        NaN where it is not offered."""
+        value = self.laplace(theta, beta)
+        n = len(theta) + (0 if beta is None else len(beta))
+        if not math.isfinite(value) or self.leverages is None or self._factored is None:
+            return value, np.full(n, np.nan)
+        assert self._last is not None
+        g = self._last[2]
+        if g is None:
+            st = self.state
+            mu, d = self.family.link.inverse(st.eta)
+            w = self._working_weights(Iterate(st.u, st.beta, st.eta, mu, d, 0.0))
+            at = Modes(st.u, w, self.family.weight_slope(mu, d, self.wt), self._v(mu, d))
+            rows = Rows(self.passes.Z, self.passes.Zt, self.passes.X)
+            g = laplace_gradient(self.pls, self._factored, rows, self.leverages, at,
+                                 beta is not None)  # fmt: skip
+            self._last = (self._last[0], value, g)
+        return value, g.copy()
 
     def fit(self, control: Control = Control(), progress: Progress | None = None) -> GLMMFit:
         started = time.perf_counter()
@@ -306,16 +377,23 @@ class GeneralizedLinearMixedModel:
         )  # fmt: skip
         with threadpool_limits(self.pls.factor.blas_limits()):
             stage1 = self._stage1(control, progress)
-            steps = self._steps(stage1.x, control)
+            se = self._beta_se(stage1.x)
+            steps = np.concatenate([np.full(nt, control.delta), BETA_STEP * se])
             x0 = np.concatenate([stage1.x, self.state.beta])
-            lower = np.concatenate([self.tmap.lower(), np.full(len(self.state.beta), -np.inf)])
+            lower = np.concatenate([self.tmap.lower(), np.full(len(se), -np.inf)])
+            diag = np.concatenate([self.tmap.diagonal_mask(), np.zeros(len(se), bool)])
 
             def joint(x: np.ndarray) -> float:
                 return self.laplace(x[:nt], x[nt:])
 
-            stage2 = self._stage2(joint, x0, lower, steps, control, progress)
-            diag = np.concatenate([self.tmap.diagonal_mask(), np.zeros(len(x0) - nt, bool)])
-            checked = check_convergence(joint, stage2.x, lower, diag, control, steps=steps)
+            fg = self._joint_gradient(nt) if self._use_gradient(control) else None
+            stage2 = None if fg is None else self._stage2_gradient(fg, x0, se, diag, control,
+                                                                   progress)  # fmt: skip
+            if stage2 is None or self._at_boundary(fg, stage2.x, diag, control):
+                start = x0 if stage2 is None else stage2.x
+                bobyqa = self._stage2(joint, start, lower, steps, control, progress)
+                stage2, fg = bobyqa if stage2 is None else combined(stage2, bobyqa), None
+            checked = self._checks(joint, fg, stage2.x, lower, diag, steps, control)
             x = checked.x
             vcov = self._vcov(joint, checked, nt, control)
             value = joint(x)
@@ -323,15 +401,93 @@ class GeneralizedLinearMixedModel:
         result = glmm_result(self, x[:nt], x[nt:], value, vcov, checked.checks, evals)
         return GLMMFit(self, x[:nt], x[nt:], result, time.perf_counter() - started)
 
+    def _checks(self, joint, fg, x, lower, diag, steps, control: Control) -> Checked:
+        """lme4's checks, the Hessian by central differences of the gradient where it
+        is offered, which is then computed in double precision throughout: the
+        differences would magnify a single-precision S^-1's error (see
+        ``MappedSchurFactor.gradient_inverse_lower``)."""
+        factor = self.pls.factor
+        if not isinstance(factor, MappedSchurFactor):
+            return check_convergence(joint, x, lower, diag, control, fg, steps, True)
+        factor.allow_single_precision(False)
+        if self._last is not None:  # its gradient may have come from a single S^-1
+            self._last = (*self._last[:2], None)
+        try:
+            return check_convergence(joint, x, lower, diag, control, fg, steps, True)
+        finally:
+            factor.allow_single_precision(True)
+
+    def _at_boundary(self, fg, x: np.ndarray, diag: np.ndarray, control: Control) -> bool:
+        """Whether a diagonal theta_j ended at (or still heads for) 0, where the log scale
+        stalls: BOBYQA then finishes on the theta scale (as ``LinearMixedModel``)."""
+        at_bound = diag & (x <= control.tol_singular)
+        return bool(at_bound.any()) or stalled_near_zero(fg, x, diag, control.gtol)
+
+    def _use_gradient(self, control: Control) -> bool:
+        return self.leverages is not None and control.use_gradient
+
+    def _joint_gradient(self, nt: int) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+        def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
+            return self.laplace_gradient(x[:nt], x[nt:])
+
+        return fg
+
     def _stage1(self, control: Control, progress: Progress | None) -> OptimResult:
-        """nAGQ = 0 to STAGE1_TOL with lme4's PIRLS tolerance (it only starts stage 2),
-        then the modes at its optimum to full precision."""
-        self.pirls_tol = PIRLS_TOL_STAGE1
-        coarse = replace(control, ftol_abs=STAGE1_TOL, xtol_abs=STAGE1_TOL)
-        stage1 = minimize(self.laplace, self.tmap.start(), self.tmap.lower(), coarse, progress)
+        """nAGQ = 0 (it only starts stage 2), then the modes at its optimum to full
+        precision: by L-BFGS-B on log(theta) with the closed-form gradient where it is
+        offered (PIRLS to PIRLS_TOL_GRADIENT, for a gradient L-BFGS-B can trust), else
+        by BOBYQA to STAGE1_TOL with lme4's PIRLS tolerance."""
+        start, lower = self.tmap.start(), self.tmap.lower()
+        if self._use_gradient(control):
+            self.pirls_tol = PIRLS_TOL_GRADIENT
+            coarse = replace(control, lbfgs_ftol=STAGE1_FTOL)
+            diagonal = self.tmap.diagonal_mask()
+            stage1 = minimize_log_scale(self.laplace_gradient, start, diagonal, coarse, progress)
+        else:
+            self.pirls_tol = PIRLS_TOL_STAGE1
+            coarse = replace(control, ftol_abs=STAGE1_TOL, xtol_abs=STAGE1_TOL)
+            stage1 = minimize(self.laplace, start, lower, coarse, progress)
         self.pirls_tol = PIRLS_TOL
         self.pirls(stage1.x)
         return stage1
+
+    def _stage2_gradient(self, fg, x0, se, diag, control, progress) -> OptimResult | None:
+        """Quasi-Newton over y = (log theta_diagonal, other theta, beta) in the units
+        z = C (y - y0), C'C = H0 the Hessian at y0 (forward differences of the gradient):
+        there d's curvature is about I from the start, where theta and beta are strongly
+        coupled.  A full Newton step first (z = -g), then L-BFGS.  None when stage 1
+        ended at a boundary, H0 is not positive definite or d is not finite at the end."""
+        if np.any(x0[diag] <= 0):
+            return None
+        y0 = np.where(diag, np.log(np.where(diag, x0, 1.0)), x0)
+
+        def x_of(y: np.ndarray) -> np.ndarray:
+            return np.where(diag, np.exp(np.minimum(y, 700.0)), y)
+
+        def fy(y: np.ndarray) -> tuple[float, np.ndarray]:
+            x = x_of(y)
+            value, g = fg(x)
+            return value, np.where(diag, g * x, g)
+
+        steps = np.concatenate([np.full(self.tmap.size, control.delta), BETA_STEP * se])
+        f0, g0 = fy(y0)
+        _, H0 = derivatives_from_gradient(lambda y: fy(y)[1], y0, steps)
+        try:
+            C = np.linalg.cholesky(H0).T
+        except np.linalg.LinAlgError:
+            return None
+
+        def fz(z: np.ndarray) -> tuple[float, np.ndarray]:
+            value, g = fy(y0 + la.solve_triangular(C, z))
+            return value, la.solve_triangular(C, g, trans="T")
+
+        newton = -la.solve_triangular(C, g0, trans="T")
+        z0 = newton if fz(newton)[0] < f0 else np.zeros(len(x0))
+        res = minimize(lambda z: fz(z)[0], z0, np.full(len(x0), -np.inf), control, progress, fz)
+        if not math.isfinite(res.fun):
+            return None
+        x = x_of(y0 + la.solve_triangular(C, res.x))
+        return replace(res, x=x, evaluations=res.evaluations + len(x0) + 2)
 
     def _stage2(self, joint, x0, lower, steps, control, progress) -> OptimResult:
         """BOBYQA over (theta, beta) from x0.  Its trust region is round: it searches in
@@ -356,16 +512,16 @@ class GeneralizedLinearMixedModel:
                 out[j] = math.sqrt(2.0 / d2)
         return out
 
-    def _steps(self, theta: np.ndarray, control: Control) -> np.ndarray:
-        """Finite-difference steps: ``delta`` for theta, 1% of beta's (conditional)
-        standard errors for beta, so badly scaled columns (age^2) get steps their
-        curvature can use, above the ~1e-10 noise PIRLS leaves in d."""
+    def _beta_se(self, theta: np.ndarray) -> np.ndarray:
+        """beta's conditional standard errors at theta and the current modes (from R_X):
+        the units of stage 2 and of the finite-difference steps in beta (BETA_STEP of
+        them, so badly scaled columns (age^2) get steps their curvature can use, above
+        the ~1e-10 noise PIRLS leaves in d)."""
         st = self.state
         mu, d = self.family.link.inverse(st.eta)
         cur = Iterate(st.u, st.beta, st.eta, mu, d, math.inf)
         RX = self._factor(theta, self._weighted(cur, None)).RX  # X included
-        se = np.sqrt(np.diag(np.linalg.inv(RX.T @ RX))) if RX.size else np.zeros(0)
-        return np.concatenate([np.full(len(theta), control.delta), 0.01 * se])
+        return np.sqrt(np.diag(np.linalg.inv(RX.T @ RX))) if RX.size else np.zeros(0)
 
     def _vcov(self, joint, checked: Checked, nt: int, control: Control) -> np.ndarray:
         """2 H^-1 restricted to beta, H the Hessian of d over (theta, beta) (lme4), from

@@ -29,11 +29,11 @@ S) the gradient is not offered and the optimizer falls back to derivative-free B
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from .pls import PLS, Criterion, PLSSolution, lower_colmajor
+from .pls import PLS, Criterion, PLSSolution, ThetaMap, lower_colmajor
 from .pls_iterative import IterativePLS
 
 
@@ -55,22 +55,38 @@ def gradient(pls: PLS | IterativePLS, crit: Criterion, sol: PLSSolution) -> np.n
     rz = cp.ZtY - cp.ZtX @ sol.beta - _A_times(pls, b)
     Cinv = np.linalg.inv(sol.RX.T @ sol.RX) if crit.p else np.zeros((0, 0))
     CF = F @ Cinv
-    sums = pls.trace_sums(sol.theta)
+    dlogM = dlogdet_M_entries(pls, sol.theta)
     out = np.zeros(len(sol.theta))
-    j = 0
-    layout = tmap.layout
-    for k, T in enumerate(tmap.blocks(sol.theta)):
-        p, nl, off = layout.p[k], layout.nlevels[k], layout.offsets[k]
-        idx = off + np.arange(nl)[:, None] * p + np.arange(p)[None, :]  # (levels, p)
-        dlogM = _dlogdet_M(T, sums[k], nl)
-        for a, c in zip(*lower_colmajor(p)):
-            dpwrss = -2.0 * float(rz[idx[:, a]] @ u[idx[:, c]])
-            value = dlogM[a, c] + crit.nu / sol.pwrss * dpwrss
-            if crit.reml:
-                value += -2.0 * float(np.sum(Q[idx[:, a]] * CF[idx[:, c]]))
-            out[j] = value
-            j += 1
+    for j, (a, c, idx) in enumerate(theta_entries(tmap)):
+        dpwrss = -2.0 * float(rz[idx[:, a]] @ u[idx[:, c]])
+        out[j] = dlogM[j] + crit.nu / sol.pwrss * dpwrss
+        if crit.reml:
+            out[j] += -2.0 * float(np.sum(Q[idx[:, a]] * CF[idx[:, c]]))
     return out
+
+
+def theta_entries(tmap: ThetaMap) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Each theta_j as (a, c, idx): it sits at T_k[a, c], and idx (levels x p_k) holds
+    the positions in u of term k's levels, so (dLambda/dtheta_j x)[idx[:, a]] = x[idx[:, c]]."""
+    layout = tmap.layout
+    for k in range(len(layout.p)):
+        p, nl, off = layout.p[k], layout.nlevels[k], layout.offsets[k]
+        idx = off + np.arange(nl)[:, None] * p + np.arange(p)[None, :]
+        for a, c in zip(*lower_colmajor(p)):
+            yield int(a), int(c), idx
+
+
+def dlogdet_M_entries(pls: PLS | IterativePLS, theta: np.ndarray) -> np.ndarray:
+    """d log|M| / d theta_j at fixed weights, from the block sums SB_k (the factor must
+    hold theta)."""
+    sums = pls.trace_sums(theta)
+    layout = pls.tmap.layout
+    out = []
+    for k, T in enumerate(pls.tmap.blocks(theta)):
+        D = _dlogdet_M(T, sums[k], layout.nlevels[k])
+        a, c = lower_colmajor(layout.p[k])
+        out.append(D[a, c])
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def _nearly_singular(T: np.ndarray) -> bool:

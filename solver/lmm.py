@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -28,10 +28,11 @@ from .model import ModelData
 from .optimize import (
     Control,
     Diagnostic,
-    OptimResult,
     check_convergence,
+    combined,
     minimize,
     minimize_log_scale,
+    stalled_near_zero,
 )
 from .pls import PLS, Criterion, PLSSolution, ThetaMap, exact_or_iterative
 from .pls_iterative import IterativePLS, IterativeSolution
@@ -108,15 +109,15 @@ class LinearMixedModel:
             return opt, None, "Brent" if len(start) == 1 else "BOBYQA"
         opt = minimize_log_scale(fg, start, diagonal, control, progress)
         optimizer = "L-BFGS-B on log(theta) (closed-form gradient)"
-        if not math.isfinite(opt.fun) or _stalled_near_zero(fg, opt.x, diagonal, control.gtol):
+        if not math.isfinite(opt.fun) or stalled_near_zero(fg, opt.x, diagonal, control.gtol):
             x0 = opt.x if math.isfinite(opt.fun) else start
-            opt = _combined(opt, minimize(self.objective, x0, lower, control, progress, fg))
+            opt = combined(opt, minimize(self.objective, x0, lower, control, progress, fg))
             optimizer += ", then on theta"
         at_bound = diagonal & (opt.x <= control.tol_singular)
         if not at_bound.any() and math.isfinite(opt.fun):
             return opt, fg, optimizer
         x0 = opt.x if math.isfinite(opt.fun) else start
-        opt = _combined(opt, minimize(self.objective, x0, lower, control, progress, None))
+        opt = combined(opt, minimize(self.objective, x0, lower, control, progress, None))
         return opt, None, optimizer + ", then BOBYQA at the boundary"
 
     def fit(
@@ -170,24 +171,6 @@ def _iterative(data: ModelData, tmap: ThetaMap) -> IterativePLS:
             "and at least one more term", "formula",
         )  # fmt: skip
     return IterativePLS(data.cp, tmap)
-
-
-def _stalled_near_zero(fg, x: np.ndarray, diagonal: np.ndarray, gtol: float) -> bool:
-    """Whether a small diagonal theta_j still has a gradient above ``gtol`` on the theta
-    scale: the log scale damps it by theta_j, so a theta_j heading for the boundary stops
-    early there (elsewhere the log-scale optimum stands; the checks refine it)."""
-    _, grad = fg(x)
-    small = diagonal & (x < NEAR_ZERO * max(1.0, float(np.max(x[diagonal], initial=0.0))))
-    return bool(np.any(np.abs(grad[small]) > gtol))
-
-
-NEAR_ZERO = 0.05  # relative to the largest diagonal theta
-
-
-def _combined(first: OptimResult, then: OptimResult) -> OptimResult:
-    """The better of two searches, counting the evaluations of both."""
-    best = then if then.fun <= first.fun else first
-    return replace(best, evaluations=first.evaluations + then.evaluations)
 
 
 @dataclass

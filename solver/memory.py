@@ -4,6 +4,8 @@ After ``prepare`` an LMM holds no rows; what its fit allocates is dominated by
 
     cross-products   Z'WZ (nnz(Z'Z) values and indices), Z'WX (q x p), X'WX, ...
                      and per theta a scaled copy Lambda'Z'WZ Lambda (nnz(M))
+                     (GLMMs with the closed-form gradient: the level squares of
+                     ``leverage``, about twice the pair map's entries)
     the factor       dense Schur complement (``SchurFactor``): S, its Cholesky factor
                      L_S and S^-1 or L_S^-1 for the gradient, n2 x n2 doubles each
                      (n2 = q - p_1 l_1, the columns after the first term), plus B D^-1;
@@ -42,6 +44,7 @@ from .pls import ThetaMap, choose_factor, exact_or_iterative, plan_factor
 SCHUR_COPIES = 6  # n2 x n2 doubles alive at the peak of an update and its gradient
 CHOLMOD_BYTES_PER_NNZ = 24  # values, supernodal padding (~1.3x), indices, L's copy
 SPARSE_BYTES_PER_NNZ = 12  # a float64 value and an int32 index
+SQUARE_BYTES_PER_NNZ = 16  # value, column and source index (``leverage``'s P)
 ROW_BYTES_PER_VALUE = 48  # GLMM: per value of a model row (X, y, w, Z's entries), all copies
 FILL_GUESS = 20  # nnz(L) / nnz(M) when CHOLMOD's symbolic analysis cannot be reached
 PAIR_GUESS = 8  # iterative path: cluster-block pairs per non-zero of A21 (EHR design: ~5)
@@ -118,6 +121,8 @@ def _exact_estimate(
         if kind == "mapped":  # its pair map G and G w
             G_nnz = MappedSchurFactor.map_size(cp.ZtZ, n1)
             factor_bytes += 2 * SPARSE_BYTES_PER_NNZ * G_nnz + 8 * n2 * n2
+            if data.buffer is not None:  # GLMM gradient: level squares, ~2 G_nnz entries
+                factor_bytes += 2 * SQUARE_BYTES_PER_NNZ * G_nnz
     else:
         factor = choose_factor(M0, cp.ZtZ, tmap, ordering)
         counted = symbolic_nnz_L(M0, factor._f.P())  # the permutation the fit will use

@@ -15,7 +15,7 @@ central finite differences (step ``delta``) give the gradient g and Hessian H;
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import nlopt
 import numpy as np
@@ -142,6 +142,24 @@ def minimize_log_scale(
     return OptimResult(x, float(value), len(trace), status, trace)
 
 
+def stalled_near_zero(fg, x: np.ndarray, diagonal: np.ndarray, gtol: float) -> bool:
+    """Whether a small diagonal theta_j still has a gradient above ``gtol`` on the theta
+    scale: the log scale damps it by theta_j, so a theta_j heading for the boundary stops
+    early there (elsewhere the log-scale optimum stands; the checks refine it)."""
+    _, grad = fg(x)
+    small = diagonal & (x < NEAR_ZERO * max(1.0, float(np.max(x[diagonal], initial=0.0))))
+    return bool(np.any(np.abs(grad[small]) > gtol))
+
+
+NEAR_ZERO = 0.05  # relative to the largest diagonal theta
+
+
+def combined(first: OptimResult, then: OptimResult) -> OptimResult:
+    """The better of two searches, counting the evaluations of both."""
+    best = then if then.fun <= first.fun else first
+    return replace(best, evaluations=first.evaluations + then.evaluations)
+
+
 def _counted_fg(fg: ObjectiveGrad, progress: Progress | None, trace: list[float]) -> ObjectiveGrad:
     def wrapped(x: np.ndarray) -> tuple[float, np.ndarray]:
         value, grad = fg(np.asarray(x, dtype=np.float64))
@@ -212,17 +230,20 @@ def _brent(f: Objective, x0: float, lower: float, control: Control):
 
 
 def derivatives_from_gradient(
-    g: Callable[[np.ndarray], np.ndarray], x: np.ndarray, delta: float
+    g: Callable[[np.ndarray], np.ndarray], x: np.ndarray, delta: Steps, central: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """The gradient at ``x`` and the Hessian by forward differences of the gradient
-    (n + 1 gradients instead of lme4's 2n^2 + 1 objective values)."""
+    (n + 1 gradients instead of lme4's 2n^2 + 1 objective values), or by central ones
+    (2n + 1, error O(delta^2) instead of O(delta))."""
     n = len(x)
+    d = np.broadcast_to(np.asarray(delta, float), x.shape)
     g0 = g(x)
     hess = np.zeros((n, n))
     for i in range(n):
         e = np.zeros(n)
-        e[i] = delta
-        hess[:, i] = (g(x + e) - g0) / delta
+        e[i] = d[i]
+        low = g(x - e) if central else g0
+        hess[:, i] = (g(x + e) - low) / (d[i] * (2.0 if central else 1.0))
     return g0, (hess + hess.T) / 2
 
 
@@ -283,9 +304,11 @@ def check_convergence(
     control: Control,
     fg: ObjectiveGrad | None = None,
     steps: np.ndarray | None = None,
+    central: bool = False,
 ) -> Checked:
     """lme4's checks at the optimum (singular fit, scaled gradient, Hessian), and the
-    optimum after a Newton polish from the same derivatives."""
+    optimum after a Newton polish from the same derivatives (with ``fg``, the Hessian
+    from differences of the gradient, ``central`` ones or forward)."""
     out: list[Diagnostic] = []
     small = diag_mask & (x < control.tol_singular)
     if small.any():
@@ -314,7 +337,7 @@ def check_convergence(
             xf[free] = w
             return fg(xf.copy())[1][free]
 
-        return derivatives_from_gradient(sub_grad, z, control.delta)
+        return derivatives_from_gradient(sub_grad, z, delta, central)
 
     def gradient_at(z: np.ndarray) -> np.ndarray:
         if fg is None or not control.use_gradient:

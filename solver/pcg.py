@@ -73,15 +73,19 @@ class FactorPreconditioner:
         self.p = sol.RX.shape[0] if with_beta else 0
 
     def __call__(self, r: np.ndarray) -> np.ndarray:
+        return self.solve(r[:, None])[:, 0]
+
+    def solve(self, R: np.ndarray) -> np.ndarray:
+        """P^-1 R for the columns of R ((q [+ p]) x m)."""
         p, sol = self.p, self.sol
-        q = len(r) - p
-        cu = self.factor.half_solve(r[:q, None])[:, 0]
-        out = np.empty_like(r)
+        q = R.shape[0] - p
+        cu = self.factor.half_solve(np.ascontiguousarray(R[:q]))
+        out = np.empty_like(R)
         if p:
-            cb = la.solve_triangular(sol.RX, r[q:] - sol.RZX.T @ cu, trans="T")
+            cb = la.solve_triangular(sol.RX, R[q:] - sol.RZX.T @ cu, trans="T")
             out[q:] = la.solve_triangular(sol.RX, cb)
             cu = cu - sol.RZX @ out[q:]
-        out[:q] = self.factor.half_solve_t(cu[:, None])[:, 0]
+        out[:q] = self.factor.half_solve_t(cu)
         return out
 
 

@@ -1,0 +1,88 @@
+"""The gradient of the Laplace deviance in closed form (canonical links).
+
+At (theta, beta) PIRLS leaves the modes u, eta = X beta + Z Lambda u + offset and the
+working weights W = diag(w).  The Laplace deviance is
+
+    d = aic(mu) + |u|^2 + log|M|,     M = Lambda'Z'WZ Lambda + I
+
+With v = wt mu_eta (y - mu) / variance(mu) (so d aic / d eta = -2 v), u stationary
+(u = Lambda'Z'v), and a canonical link (-dv/deta = W, dW/deta = w' = wt dmu_eta/deta):
+
+    dd/dtheta_j = dlogM_j - 2 (Z'v)' dLambda_j u + sum_i w'_i h_i deta_i/dtheta_j
+    dd/dbeta_m  =         - 2 (X'v)_m            + sum_i w'_i h_i deta_i/dbeta_m
+
+dlogM_j is d log|M| / dtheta_j at fixed W (the LMM's, from the block sums of M^-1,
+``gradient``), h_i = (Z Lambda M^-1 Lambda'Z')_ii the row leverages (``leverage``), and
+eta moves with the modes, which follow from differentiating u = Lambda'Z'v:
+
+    deta/dtheta_j = t_j + Z Lambda du_j,    t_j = Z dLambda_j u
+    M du_j        = dLambda_j'Z'v - Lambda'Z'W t_j                    (beta fixed)
+    deta/dbeta_m  = x_m + Z Lambda du_m,    M du_m = -Lambda'Z'W x_m
+
+When beta is inside PIRLS (lme4's nAGQ = 0) it moves with theta too, and (du_j, dbeta_j)
+solve the whole PLS system [M, Lambda'Z'WX; X'WZ Lambda, X'WX] with right-hand side
+[dLambda_j'Z'v - Lambda'Z'W t_j; -X'W t_j], deta/dtheta_j gaining X dbeta_j; X'v = 0 there,
+so d's own dependence on beta drops out.  All solves use the factor at the modes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from .gradient import dlogdet_M_entries, theta_entries
+from .leverage import RowLeverages
+from .pcg import FactorPreconditioner
+from .pls import PLS, PLSSolution
+
+
+@dataclass(frozen=True)
+class Modes:
+    """What the gradient reads at PIRLS's modes: u, and per row w, w' and v."""
+
+    u: np.ndarray
+    w: np.ndarray
+    dw: np.ndarray
+    v: np.ndarray
+
+
+@dataclass(frozen=True)
+class Rows:
+    Z: sp.csr_matrix
+    Zt: sp.csr_matrix
+    X: np.ndarray
+
+
+def laplace_gradient(
+    pls: PLS, sol: PLSSolution, rows: Rows, lev: RowLeverages, at: Modes, beta_free: bool
+) -> np.ndarray:
+    """dd/dtheta (then dd/dbeta when ``beta_free``: beta held fixed by PIRLS) at the
+    modes; the factor must hold M at them (``sol`` its solution, X included)."""
+    tmap, theta = pls.tmap, sol.theta
+    first = dlogdet_M_entries(pls, theta)  # before the leverages, which consume S^-1
+    h = lev(pls.factor)
+    Lambda = tmap.Lambda(theta)
+    Zv = rows.Zt @ at.v
+    entries = list(theta_entries(tmap))
+    q, nt = len(at.u), len(entries)
+    Du, Rv = np.zeros((q, nt)), np.zeros((q, nt))
+    for j, (a, c, idx) in enumerate(entries):
+        Du[idx[:, a], j] = at.u[idx[:, c]]  # dLambda_j u
+        Rv[idx[:, c], j] = Zv[idx[:, a]]  # dLambda_j' Z'v
+        first[j] -= 2.0 * float(Zv[idx[:, a]] @ at.u[idx[:, c]])
+    T = np.asarray(rows.Z @ Du)
+    if beta_free:
+        T = np.hstack([T, rows.X])
+        first = np.concatenate([first, -2.0 * (rows.X.T @ at.v)])
+        Rv = np.hstack([Rv, np.zeros((q, rows.X.shape[1]))])
+    WT = at.w[:, None] * T
+    R = Rv - np.asarray(Lambda.T @ (rows.Zt @ WT))
+    if not beta_free:  # nAGQ = 0: beta moves with the modes
+        R = np.vstack([R, -(rows.X.T @ WT)])
+    dmodes = FactorPreconditioner(pls.factor, sol, not beta_free).solve(R)
+    deta = T + rows.Z @ np.asarray(Lambda @ dmodes[:q])
+    if not beta_free:
+        deta += rows.X @ dmodes[q:]
+    return first + (at.dw * h) @ deta

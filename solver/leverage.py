@@ -1,0 +1,99 @@
+"""Row leverages of the PLS system through the Schur blocks of a ``MappedSchurFactor``.
+
+For each model row i, with z_i its row of Z (z1 on the first term's level l, z2 on the
+trailing columns) and M = Lambda'Z'WZ Lambda + I:
+
+    h_i = z_i' Lambda M^-1 Lambda' z_i
+
+The first term is scalar (theta_1), so M's leading block is D = diag(d), d = theta_1^2 a + 1,
+and with the factor's Schur complement S of D and Gm = Lambda_2 S^-1 Lambda_2':
+
+    h_i = theta_1^2 z1^2 / d_l + v' Gm v,      v = z2 - s_l z1 A21[:, l],   s_l = theta_1^2 / d_l
+
+v lives on the trailing columns that meet level l (those of A21's column l), so
+
+    v'Gm v = z2'Gm z2 - 2 z1 s_l sum_j z2_j beta_lj + z1^2 s_l^2 alpha_l,
+    beta_lj = sum_k Gm_jk A21_kl,     alpha_l = sum_jk A21_jl Gm_jk A21_kl
+
+where beta and alpha are sums over the factor's pair map (the pairs of trailing columns
+within each level) and z2'Gm z2 a sum over the pairs within each row: O(pairs + rows)
+per theta once Gm is formed (one dense n2 x n2 congruence of S^-1).  The Laplace
+deviance's gradient (``laplace_gradient``) needs h: its log-determinant moves with the
+working weights W, which move with the modes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from .factor import MappedSchurFactor, pairs_within_levels
+
+
+class RowLeverages:
+    """h (one per model row) for the rows Z, from the factor's current state; the row
+    structure (first-term level of each row, its trailing entries and their pairs) is
+    analysed once."""
+
+    def __init__(self, Z: sp.csr_matrix, factor: MappedSchurFactor) -> None:
+        Z = Z.tocsr()
+        Z.sort_indices()
+        n1, n2, n = factor.n1, factor.n2, Z.shape[0]
+        first = Z.indices < n1
+        row = np.repeat(np.arange(n), np.diff(Z.indptr))
+        if np.bincount(row[first], minlength=n).max(initial=0) > 1:
+            raise ValueError("a row has more than one entry in the first term")
+        self.level = np.zeros(n, dtype=np.int64)
+        self.z1 = np.zeros(n)
+        self.level[row[first]] = Z.indices[first]
+        self.z1[row[first]] = Z.data[first]
+        trailing = ~first
+        cols, vals, self.entry_row = Z.indices[trailing] - n1, Z.data[trailing], row[trailing]
+        self.z2 = vals
+        used = (self.z1[self.entry_row] != 0) & (vals != 0)
+        self.a21_entry = _entries_of(factor.A21, self.level[self.entry_row], cols, used)
+        per_row = np.bincount(self.entry_row, minlength=n)
+        p1, p2 = pairs_within_levels(np.arange(len(cols)), per_row)
+        self.pair_row = self.entry_row[p1]
+        self.pair_pos = cols[p1] + cols[p2] * n2  # lower triangle: cols sorted within rows
+        self.pair_value = np.where(p1 == p2, 1.0, 2.0) * vals[p1] * vals[p2]
+        self.n = n
+
+    def __call__(self, factor: MappedSchurFactor) -> np.ndarray:
+        """h at the factor's current theta and weights."""
+        Gm = factor.congruent_inverse().reshape(-1, order="F")
+        alpha, beta = _level_sums(factor, Gm)
+        s = factor.theta1**2 / factor.d
+        z1, lv = self.z1, self.level
+        h = factor.theta1**2 * z1 * z1 / factor.d[lv]
+        h += np.bincount(self.pair_row, self.pair_value * Gm[self.pair_pos], minlength=self.n)
+        cross = np.bincount(self.entry_row, self.z2 * beta[self.a21_entry], minlength=self.n)
+        h += z1 * s[lv] * (z1 * s[lv] * alpha[lv] - 2.0 * cross)
+        return h
+
+
+def _entries_of(
+    A21: sp.csc_matrix, levels: np.ndarray, cols: np.ndarray, used: np.ndarray
+) -> np.ndarray:
+    """Index into A21.data of the entry (cols, levels) of each row entry; 0 where it is
+    not ``used`` (the row has no first-term entry, or the entry is 0: a product with it
+    is 0, and Z'Z's pattern need not hold it)."""
+    n2 = A21.shape[0]
+    keys = np.repeat(np.arange(A21.shape[1], dtype=np.int64), np.diff(A21.indptr)) * n2
+    keys += A21.indices
+    want = levels * n2 + cols
+    pos = np.minimum(np.searchsorted(keys, want), max(len(keys) - 1, 0))
+    if np.any(used) and (len(keys) == 0 or np.any(keys[pos[used]] != want[used])):
+        raise ValueError("a row's trailing column is missing from Z'Z's pattern")
+    return np.where(used, pos, 0)
+
+
+def _level_sums(factor: MappedSchurFactor, Gm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """beta = (Gm A21) on A21's pattern, by the factor's level squares, and from it
+    alpha_l = A21[:, l]' Gm A21[:, l] = sum_j A21_jl beta_lj per level."""
+    indptr, indices, src = factor.level_squares()
+    a = factor.A21.data
+    P = sp.csr_matrix((a[src], indices, indptr), shape=(len(a), len(factor.positions)))
+    beta = P @ Gm[factor.positions]
+    level = np.repeat(np.arange(factor.n1), np.diff(factor.A21.indptr))
+    return np.bincount(level, a * beta, minlength=factor.n1), beta
