@@ -386,20 +386,37 @@ class GeneralizedLinearMixedModel:
             def joint(x: np.ndarray) -> float:
                 return self.laplace(x[:nt], x[nt:])
 
-            fg = self._joint_gradient(nt) if self._use_gradient(control) else None
-            stage2 = None if fg is None else self._stage2_gradient(fg, x0, se, diag, control,
-                                                                   progress)  # fmt: skip
-            if stage2 is None or self._at_boundary(fg, stage2.x, diag, control):
-                start = x0 if stage2 is None else stage2.x
-                bobyqa = self._stage2(joint, start, lower, steps, control, progress)
-                stage2, fg = bobyqa if stage2 is None else combined(stage2, bobyqa), None
+            stage2, fg, optimizer = self._joint_stage(joint, x0, (lower, diag, steps), control,
+                                                      progress)  # fmt: skip
             checked = self._checks(joint, fg, stage2.x, lower, diag, steps, control)
             x = checked.x
             vcov = self._vcov(joint, checked, nt, control)
             value = joint(x)
         evals = stage1.evaluations + stage2.evaluations
-        result = glmm_result(self, x[:nt], x[nt:], value, vcov, checked.checks, evals)
+        result = glmm_result(self, x[:nt], x[nt:], value, vcov, checked.checks, evals, optimizer)
         return GLMMFit(self, x[:nt], x[nt:], result, time.perf_counter() - started)
+
+    def _joint_stage(self, joint, x0, bounds, control, progress):
+        """Stage 2 with the gradient where it is offered, finished (or done) by BOBYQA;
+        (its result, the gradient the checks may use or None, the optimizers' names).
+        ``bounds``: (lower, diagonal mask, finite-difference steps) over (theta, beta)."""
+        nt = self.tmap.size
+        lower, diag, steps = bounds
+        if not self._use_gradient(control):
+            stage2 = self._stage2(joint, x0, lower, steps, control, progress)
+            return stage2, None, "BOBYQA (nAGQ = 0, then nAGQ = 1)"
+        fg = self._joint_gradient(nt)
+        stage2 = self._stage2_gradient(fg, x0, steps, diag, control, progress)
+        optimizer = (
+            "L-BFGS-B on log(theta) (nAGQ = 0), then quasi-Newton over (theta, beta) "
+            "(nAGQ = 1), closed-form gradient"
+        )
+        if stage2 is not None and not self._at_boundary(fg, stage2.x, diag, control):
+            return stage2, fg, optimizer
+        start = x0 if stage2 is None else stage2.x
+        bobyqa = self._stage2(joint, start, lower, steps, control, progress)
+        stage2 = bobyqa if stage2 is None else combined(stage2, bobyqa)
+        return stage2, None, optimizer + ", then BOBYQA"
 
     def _checks(self, joint, fg, x, lower, diag, steps, control: Control) -> Checked:
         """lme4's checks, the Hessian by central differences of the gradient where it
@@ -451,7 +468,7 @@ class GeneralizedLinearMixedModel:
         self.pirls(stage1.x)
         return stage1
 
-    def _stage2_gradient(self, fg, x0, se, diag, control, progress) -> OptimResult | None:
+    def _stage2_gradient(self, fg, x0, steps, diag, control, progress) -> OptimResult | None:
         """Quasi-Newton over y = (log theta_diagonal, other theta, beta) in the units
         z = C (y - y0), C'C = H0 the Hessian at y0 (forward differences of the gradient):
         there d's curvature is about I from the start, where theta and beta are strongly
@@ -469,7 +486,6 @@ class GeneralizedLinearMixedModel:
             value, g = fg(x)
             return value, np.where(diag, g * x, g)
 
-        steps = np.concatenate([np.full(self.tmap.size, control.delta), BETA_STEP * se])
         f0, g0 = fy(y0)
         _, H0 = derivatives_from_gradient(lambda y: fy(y)[1], y0, steps)
         try:

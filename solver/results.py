@@ -257,6 +257,7 @@ def glmm_result(
     vcov: np.ndarray,
     checks: list[Diagnostic],
     evaluations: int,
+    optimizer: str,
 ) -> FitResult:
     """lme4's glmer summary: logLik = -(family aic + |u|^2 + log|L|^2) / 2 (Laplace);
     deviance = sum of the deviance residuals at the conditional modes (lme4's drsum)."""
@@ -287,7 +288,7 @@ def glmm_result(
         converged=_converged(checks),
         singular=_singular(checks),
         messages=_messages([*data.messages, *model.notes], checks),
-        diagnostics=_diagnostics(model, checks, "BOBYQA (nAGQ = 0, then nAGQ = 1)", evaluations),
+        diagnostics=_diagnostics(model, checks, optimizer, evaluations),
     )
 
 
