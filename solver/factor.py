@@ -502,6 +502,7 @@ class MappedSchurFactor(SchurFactor):
         """S^-1 = L_S^-T L_S^-1, lower triangle valid, computed once per update: LAPACK
         trtri then lauum (potri's two halves; OpenBLAS threads each, not potri)."""
         if self._Sinv_lower is None:
+            self._Gm = None  # it lives in the same buffer
             self._Sinv_lower = _triangular_inverse_gram(self.LS, self._work("Sinv"))
         return self._Sinv_lower
 
@@ -515,6 +516,7 @@ class MappedSchurFactor(SchurFactor):
         if self._Sinv_grad is None:
             X32 = _triangular_inverse_gram(self.LS, self._work("Sinv32", np.float32))
             X = self._work("Sinv")
+            self._Gm = None  # it lives in the same buffer
             np.copyto(X, X32)
             ok = _inverse_residual(self.LS, X) <= SINGLE_RESIDUAL
             self._Sinv_grad = X if ok else self.schur_inverse_lower()
@@ -657,10 +659,11 @@ def pairs_within_levels(below: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, n
 
 
 def _level_squares(
-    A21: sp.csc_matrix, positions: np.ndarray, n2: int, chunk: int = 1 << 21
+    A21: sp.csc_matrix, positions: np.ndarray, n2: int, chunk: int = 1 << 22
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``MappedSchurFactor.level_squares`` for A21 and the map's sorted ``positions``,
-    built a chunk of A21's entries at a time (each entry has one row per partner)."""
+    built about ``chunk`` of P's entries at a time (each entry of A21 has one per
+    partner; memory: P's 8 bytes per entry and a 4 n2^2-byte lookup while it runs)."""
     k = np.diff(A21.indptr)
     col = np.repeat(np.arange(A21.shape[1]), k)
     rep = k[col]  # partners of each entry: the entries of its column
@@ -668,8 +671,9 @@ def _level_squares(
     indices, src = np.empty(indptr[-1], np.int32), np.empty(indptr[-1], np.int32)
     lookup = np.zeros(n2 * n2, np.int32)  # position -> its index in ``positions``
     lookup[positions] = np.arange(len(positions), dtype=np.int32)
-    for e0 in range(0, len(col), chunk):
-        e = np.arange(e0, min(e0 + chunk, len(col)))
+    cuts = np.unique(np.r_[np.searchsorted(indptr, np.arange(0, indptr[-1], chunk)), len(col)])
+    for e0, e1 in zip(cuts[:-1], cuts[1:]):
+        e = np.arange(e0, e1)
         r = np.repeat(e, rep[e])
         partner = np.repeat(A21.indptr[col[e]], rep[e]) + (np.arange(len(r)) - np.repeat(
             indptr[e] - indptr[e0], rep[e]))  # fmt: skip

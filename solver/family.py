@@ -108,7 +108,7 @@ class Family:
     def canonical(self) -> bool:
         """Whether the link is the family's canonical one (logit, log): then the working
         weights are the observed information, -dv/deta = W (``laplace_gradient``)."""
-        return self.link.name == {"binomial": "logit", "poisson": "log"}[self.name]
+        return self.link.name == DEFAULT_LINK[self.name]
 
     def weight_slope(self, mu: Array, mu_eta: Array, wt: Array) -> Array:
         """dW/deta for the canonical link, W = wt mu_eta: wt dmu_eta/deta, which is

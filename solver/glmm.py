@@ -37,7 +37,6 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import scipy.linalg as la
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
@@ -46,7 +45,7 @@ from .crossprod import CrossProducts, z_matrix
 from .errors import DataError
 from .factor import MappedSchurFactor
 from .family import Family
-from .laplace_gradient import Modes, Rows, laplace_gradient
+from .laplace_gradient import Modes, NoGradient, laplace_gradient
 from .leverage import RowLeverages
 from .model import ModelData
 from .optimize import (
@@ -56,9 +55,9 @@ from .optimize import (
     check_convergence,
     combined,
     derivatives,
-    derivatives_from_gradient,
     minimize,
     minimize_log_scale,
+    minimize_preconditioned,
     stalled_near_zero,
 )
 from .pcg import FactorPreconditioner, PLSOperator, pcg
@@ -346,11 +345,13 @@ class GeneralizedLinearMixedModel:
         self, theta: np.ndarray, beta: np.ndarray | None = None
     ) -> tuple[float, np.ndarray]:
         """(d, its gradient) over theta, and beta when it is given (``laplace_gradient``);
-        NaN where it is not offered."""
+        raises ``NoGradient`` where the closed form is not offered or does not hold
+        (the searches then go on by BOBYQA)."""
         value = self.laplace(theta, beta)
-        n = len(theta) + (0 if beta is None else len(beta))
-        if not math.isfinite(value) or self.leverages is None or self._factored is None:
-            return value, np.full(n, np.nan)
+        if not math.isfinite(value):
+            return value, np.zeros(len(theta) + (0 if beta is None else len(beta)))
+        if self.leverages is None or self._factored is None or not self.state.converged:
+            raise NoGradient("no closed-form gradient here")
         assert self._last is not None
         g = self._last[2]
         if g is None:
@@ -358,9 +359,11 @@ class GeneralizedLinearMixedModel:
             mu, d = self.family.link.inverse(st.eta)
             w = self._working_weights(Iterate(st.u, st.beta, st.eta, mu, d, 0.0))
             at = Modes(st.u, w, self.family.weight_slope(mu, d, self.wt), self._v(mu, d))
-            rows = Rows(self.passes.Z, self.passes.Zt, self.passes.X)
-            g = laplace_gradient(self.pls, self._factored, rows, self.leverages, at,
-                                 beta is not None)  # fmt: skip
+            try:
+                g = laplace_gradient(self.pls, self._factored, self.passes, self.leverages,
+                                     at, beta is not None)  # fmt: skip
+            except np.linalg.LinAlgError as e:
+                raise NoGradient(str(e)) from None
             self._last = (self._last[0], value, g)
         return value, g.copy()
 
@@ -406,13 +409,16 @@ class GeneralizedLinearMixedModel:
             stage2 = self._stage2(joint, x0, lower, steps, control, progress)
             return stage2, None, "BOBYQA (nAGQ = 0, then nAGQ = 1)"
         fg = self._joint_gradient(nt)
-        stage2 = self._stage2_gradient(fg, x0, steps, diag, control, progress)
         optimizer = (
             "L-BFGS-B on log(theta) (nAGQ = 0), then quasi-Newton over (theta, beta) "
             "(nAGQ = 1), closed-form gradient"
         )
-        if stage2 is not None and not self._at_boundary(fg, stage2.x, diag, control):
-            return stage2, fg, optimizer
+        try:  # over (log theta, beta), scaled by the Hessian at x0 (theta and beta couple)
+            stage2 = minimize_preconditioned(fg, x0, diag, steps, control, progress)
+            if stage2 is not None and not self._at_boundary(fg, stage2.x, diag, control):
+                return stage2, fg, optimizer
+        except NoGradient:
+            stage2 = None
         start = x0 if stage2 is None else stage2.x
         bobyqa = self._stage2(joint, start, lower, steps, control, progress)
         stage2 = bobyqa if stage2 is None else combined(stage2, bobyqa)
@@ -424,13 +430,15 @@ class GeneralizedLinearMixedModel:
         differences would magnify a single-precision S^-1's error (see
         ``MappedSchurFactor.gradient_inverse_lower``)."""
         factor = self.pls.factor
-        if not isinstance(factor, MappedSchurFactor):
-            return check_convergence(joint, x, lower, diag, control, fg, steps, True)
+        if fg is None or not isinstance(factor, MappedSchurFactor):
+            return check_convergence(joint, x, lower, diag, control, None, steps)
         factor.allow_single_precision(False)
         if self._last is not None:  # its gradient may have come from a single S^-1
             self._last = (*self._last[:2], None)
         try:
             return check_convergence(joint, x, lower, diag, control, fg, steps, True)
+        except NoGradient:
+            return check_convergence(joint, x, lower, diag, control, None, steps)
         finally:
             factor.allow_single_precision(True)
 
@@ -455,55 +463,23 @@ class GeneralizedLinearMixedModel:
         offered (PIRLS to PIRLS_TOL_GRADIENT, for a gradient L-BFGS-B can trust), else
         by BOBYQA to STAGE1_TOL with lme4's PIRLS tolerance."""
         start, lower = self.tmap.start(), self.tmap.lower()
+        stage1 = None
         if self._use_gradient(control):
             self.pirls_tol = PIRLS_TOL_GRADIENT
             coarse = replace(control, lbfgs_ftol=STAGE1_FTOL)
             diagonal = self.tmap.diagonal_mask()
-            stage1 = minimize_log_scale(self.laplace_gradient, start, diagonal, coarse, progress)
-        else:
+            try:
+                stage1 = minimize_log_scale(self.laplace_gradient, start, diagonal, coarse,
+                                            progress)  # fmt: skip
+            except NoGradient:
+                pass
+        if stage1 is None:
             self.pirls_tol = PIRLS_TOL_STAGE1
             coarse = replace(control, ftol_abs=STAGE1_TOL, xtol_abs=STAGE1_TOL)
             stage1 = minimize(self.laplace, start, lower, coarse, progress)
         self.pirls_tol = PIRLS_TOL
         self.pirls(stage1.x)
         return stage1
-
-    def _stage2_gradient(self, fg, x0, steps, diag, control, progress) -> OptimResult | None:
-        """Quasi-Newton over y = (log theta_diagonal, other theta, beta) in the units
-        z = C (y - y0), C'C = H0 the Hessian at y0 (forward differences of the gradient):
-        there d's curvature is about I from the start, where theta and beta are strongly
-        coupled.  A full Newton step first (z = -g), then L-BFGS.  None when stage 1
-        ended at a boundary, H0 is not positive definite or d is not finite at the end."""
-        if np.any(x0[diag] <= 0):
-            return None
-        y0 = np.where(diag, np.log(np.where(diag, x0, 1.0)), x0)
-
-        def x_of(y: np.ndarray) -> np.ndarray:
-            return np.where(diag, np.exp(np.minimum(y, 700.0)), y)
-
-        def fy(y: np.ndarray) -> tuple[float, np.ndarray]:
-            x = x_of(y)
-            value, g = fg(x)
-            return value, np.where(diag, g * x, g)
-
-        f0, g0 = fy(y0)
-        _, H0 = derivatives_from_gradient(lambda y: fy(y)[1], y0, steps)
-        try:
-            C = np.linalg.cholesky(H0).T
-        except np.linalg.LinAlgError:
-            return None
-
-        def fz(z: np.ndarray) -> tuple[float, np.ndarray]:
-            value, g = fy(y0 + la.solve_triangular(C, z))
-            return value, la.solve_triangular(C, g, trans="T")
-
-        newton = -la.solve_triangular(C, g0, trans="T")
-        z0 = newton if fz(newton)[0] < f0 else np.zeros(len(x0))
-        res = minimize(lambda z: fz(z)[0], z0, np.full(len(x0), -np.inf), control, progress, fz)
-        if not math.isfinite(res.fun):
-            return None
-        x = x_of(y0 + la.solve_triangular(C, res.x))
-        return replace(res, x=x, evaluations=res.evaluations + len(x0) + 2)
 
     def _stage2(self, joint, x0, lower, steps, control, progress) -> OptimResult:
         """BOBYQA over (theta, beta) from x0.  Its trust region is round: it searches in

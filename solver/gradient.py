@@ -47,7 +47,7 @@ def gradient(pls: PLS | IterativePLS, crit: Criterion, sol: PLSSolution) -> np.n
     """d objective / d theta at ``sol`` (the factor must hold ``sol.theta``); None where
     a vector term's T_k is (nearly) singular and the closed form does not hold."""
     tmap, cp = pls.tmap, pls.cp
-    if any(T.shape[0] > 1 and _nearly_singular(T) for T in tmap.blocks(sol.theta)):
+    if any(T.shape[0] > 1 and nearly_singular(T) for T in tmap.blocks(sol.theta)):
         return None
     u, b = pls.modes(sol)
     F = pls.F(sol)
@@ -89,7 +89,7 @@ def dlogdet_M_entries(pls: PLS | IterativePLS, theta: np.ndarray) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def _nearly_singular(T: np.ndarray) -> bool:
+def nearly_singular(T: np.ndarray) -> bool:
     d = np.abs(np.diag(T))
     return bool(d.min() <= 1e-6 * max(1.0, float(np.abs(T).max())))
 

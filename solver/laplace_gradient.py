@@ -28,14 +28,20 @@ so d's own dependence on beta drops out.  All solves use the factor at the modes
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
 
-from .gradient import dlogdet_M_entries, theta_entries
+from .gradient import dlogdet_M_entries, nearly_singular, theta_entries
 from .leverage import RowLeverages
 from .pcg import FactorPreconditioner
 from .pls import PLS, PLSSolution
+
+
+class NoGradient(Exception):
+    """The closed form does not hold here: a vector term's T_k is (nearly) singular
+    (d log|M| / dT_k needs T_k^-1), or PIRLS stopped short of the modes."""
 
 
 @dataclass(frozen=True)
@@ -48,19 +54,23 @@ class Modes:
     v: np.ndarray
 
 
-@dataclass(frozen=True)
-class Rows:
+class Rows(Protocol):
+    """The model rows' matrices (``glmm.WeightedPass``): Z, Z' (CSR) and X."""
+
     Z: sp.csr_matrix
     Zt: sp.csr_matrix
     X: np.ndarray
 
 
 def laplace_gradient(
-    pls: PLS, sol: PLSSolution, rows: Rows, lev: RowLeverages, at: Modes, beta_free: bool
+    pls: PLS, sol: PLSSolution, rows: Rows, lev: RowLeverages, at: Modes, over_beta: bool
 ) -> np.ndarray:
-    """dd/dtheta (then dd/dbeta when ``beta_free``: beta held fixed by PIRLS) at the
-    modes; the factor must hold M at them (``sol`` its solution, X included)."""
+    """dd/dtheta, then dd/dbeta when ``over_beta`` (beta held fixed by PIRLS; else beta
+    is inside PIRLS, nAGQ = 0) at the modes; the factor must hold M at them (``sol`` its
+    solution, X included).  Raises ``NoGradient`` where the closed form does not hold."""
     tmap, theta = pls.tmap, sol.theta
+    if any(T.shape[0] > 1 and nearly_singular(T) for T in tmap.blocks(theta)):
+        raise NoGradient("a vector term's T_k is nearly singular")
     first = dlogdet_M_entries(pls, theta)  # before the leverages, which consume S^-1
     h = lev(pls.factor)
     Lambda = tmap.Lambda(theta)
@@ -73,16 +83,16 @@ def laplace_gradient(
         Rv[idx[:, c], j] = Zv[idx[:, a]]  # dLambda_j' Z'v
         first[j] -= 2.0 * float(Zv[idx[:, a]] @ at.u[idx[:, c]])
     T = np.asarray(rows.Z @ Du)
-    if beta_free:
+    if over_beta:
         T = np.hstack([T, rows.X])
         first = np.concatenate([first, -2.0 * (rows.X.T @ at.v)])
         Rv = np.hstack([Rv, np.zeros((q, rows.X.shape[1]))])
     WT = at.w[:, None] * T
     R = Rv - np.asarray(Lambda.T @ (rows.Zt @ WT))
-    if not beta_free:  # nAGQ = 0: beta moves with the modes
+    if not over_beta:  # nAGQ = 0: beta moves with the modes
         R = np.vstack([R, -(rows.X.T @ WT)])
-    dmodes = FactorPreconditioner(pls.factor, sol, not beta_free).solve(R)
+    dmodes = FactorPreconditioner(pls.factor, sol, not over_beta).solve(R)
     deta = T + rows.Z @ np.asarray(Lambda @ dmodes[:q])
-    if not beta_free:
+    if not over_beta:
         deta += rows.X @ dmodes[q:]
     return first + (at.dw * h) @ deta

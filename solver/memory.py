@@ -122,7 +122,7 @@ def _exact_estimate(
             G_nnz = MappedSchurFactor.map_size(cp.ZtZ, n1)
             factor_bytes += 2 * SPARSE_BYTES_PER_NNZ * G_nnz + 8 * n2 * n2
             if data.buffer is not None:  # GLMM gradient: level squares, ~2 G_nnz entries
-                factor_bytes += 2 * SQUARE_BYTES_PER_NNZ * G_nnz
+                factor_bytes += 2 * SQUARE_BYTES_PER_NNZ * G_nnz + 4 * n2 * n2  # (+ lookup)
     else:
         factor = choose_factor(M0, cp.ZtZ, tmap, ordering)
         counted = symbolic_nnz_L(M0, factor._f.P())  # the permutation the fit will use

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import nlopt
 import numpy as np
+import scipy.linalg as la
 from scipy.optimize import minimize as scipy_minimize
 from scipy.optimize import minimize_scalar
 
@@ -158,6 +159,60 @@ def combined(first: OptimResult, then: OptimResult) -> OptimResult:
     """The better of two searches, counting the evaluations of both."""
     best = then if then.fun <= first.fun else first
     return replace(best, evaluations=first.evaluations + then.evaluations)
+
+
+NEWTON_RADIUS = 4.0  # longest first Newton step of ``minimize_preconditioned`` (z units)
+
+
+def minimize_preconditioned(
+    fg: ObjectiveGrad,
+    x0: np.ndarray,
+    diagonal: np.ndarray,
+    steps: np.ndarray,
+    control: Control = Control(),
+    progress: Progress | None = None,
+) -> OptimResult | None:
+    """Quasi-Newton over y (log x_j where ``diagonal``, floored at log(LOG_FLOOR); x_j
+    elsewhere) in the units z = C (y - y0), C'C = H0 the Hessian at y0 by forward
+    differences of the gradient (``steps`` in y): there the curvature is about I from
+    the start, however strongly the parameters are coupled.  A Newton step first (z =
+    -C^-T g, at most NEWTON_RADIUS long), kept if it goes down, then L-BFGS.  None when
+    a diagonal x_j starts at its floor (a boundary: for BOBYQA), H0 is not positive
+    definite or the search ends where f is not finite."""
+    floor = np.log(LOG_FLOOR)
+    if np.any(x0[diagonal] <= LOG_FLOOR):
+        return None
+    y0 = np.where(diagonal, np.log(np.where(diagonal, x0, 1.0)), x0)
+
+    def x_of(y: np.ndarray) -> np.ndarray:
+        return np.where(diagonal, np.exp(np.clip(y, floor, 700.0)), y)
+
+    def fy(y: np.ndarray) -> tuple[float, np.ndarray]:
+        x = x_of(y)
+        value, g = fg(x)
+        return value, np.where(diagonal, g * x, g)
+
+    trace: list[float] = []
+    counted = _counted_fg(fy, progress, trace)
+    f0, g0 = counted(y0)
+    _, H0 = derivatives_from_gradient(lambda y: counted(y)[1], y0, steps)
+    try:
+        C = np.linalg.cholesky(H0).T
+    except np.linalg.LinAlgError:
+        return None
+
+    def fz(z: np.ndarray) -> tuple[float, np.ndarray]:
+        value, g = counted(y0 + la.solve_triangular(C, z))
+        return value, la.solve_triangular(C, g, trans="T")
+
+    newton = -la.solve_triangular(C, g0, trans="T")
+    newton *= min(1.0, NEWTON_RADIUS / max(float(np.linalg.norm(newton)), 1e-300))
+    z0 = newton if fz(newton)[0] < f0 else np.zeros(len(x0))
+    z, status = _lbfgsb(fz, z0, np.full(len(x0), -np.inf), control)
+    value, _ = fz(z)
+    if not np.isfinite(value):
+        return None
+    return OptimResult(x_of(y0 + la.solve_triangular(C, z)), value, len(trace), status, trace)
 
 
 def _counted_fg(fg: ObjectiveGrad, progress: Progress | None, trace: list[float]) -> ObjectiveGrad:

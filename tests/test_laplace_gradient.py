@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from sparsemm import solver
+from sparsemm.solver import factor as factor_module
+from sparsemm.solver.laplace_gradient import NoGradient
 from sparsemm.solver.leverage import RowLeverages
 
 DATA = Path(__file__).parent / "data"
@@ -91,11 +93,41 @@ def test_gradient_matches_central_differences(case, beta_free: bool) -> None:
 def test_gradient_is_not_offered_for_a_non_canonical_link() -> None:
     m = model(VERBAGG, "probit")
     assert m.leverages is None
-    value, g = m.laplace_gradient(theta_at(m))
-    assert np.isfinite(value) and np.all(np.isnan(g))
+    with pytest.raises(NoGradient):
+        m.laplace_gradient(theta_at(m))
+    fit = m.fit()  # BOBYQA throughout
+    assert fit.result.diagnostics.optimizer.startswith("BOBYQA")
 
 
-@pytest.mark.parametrize("case", [VERBAGG, GROUSE], ids=["VerbAgg", "grouseticks"])
+def test_gradient_refuses_a_nearly_singular_vector_term() -> None:
+    m = model(VECTOR)
+    theta = theta_at(m)
+    theta[3] = 1e-9  # T_item's second diagonal: its inverse does not exist in practice
+    with pytest.raises(NoGradient):
+        m.laplace_gradient(theta)
+
+
+def test_gradient_from_a_single_precision_inverse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above SINGLE_FROM the optimizer's gradients use S^-1 in single precision (to
+    about 1e-4 relative, said the probe); the checks switch to double."""
+    monkeypatch.setattr(factor_module, "SINGLE_FROM", 10)  # VerbAgg's items: 24 columns
+    m = model(VERBAGG)
+    m.pirls_tol = 1e-14
+    theta = theta_at(m)
+    _, single = m.laplace_gradient(theta)
+    m.pls.factor.allow_single_precision(False)
+    m._last = None  # evaluate again
+    _, double = m.laplace_gradient(theta)
+    assert not np.array_equal(single, double)
+    np.testing.assert_allclose(single, double, rtol=0, atol=1e-4 * np.max(np.abs(double)))
+    np.testing.assert_allclose(
+        double, central(m.laplace, theta), atol=1e-6 * np.max(np.abs(double))
+    )
+
+
+@pytest.mark.parametrize(
+    "case", [VERBAGG, GROUSE, VECTOR], ids=["VerbAgg", "grouseticks", "vector"]
+)
 def test_fit_with_the_gradient_matches_the_derivative_free_fit(case) -> None:
     fits, calls = [], []
     for use_gradient in (True, False):
@@ -116,7 +148,8 @@ def test_fit_with_the_gradient_matches_the_derivative_free_fit(case) -> None:
         assert a.estimate == pytest.approx(b.estimate, rel=1e-4, abs=1e-5)
         assert a.std_error == pytest.approx(b.std_error, rel=1e-3)
     for a, b in zip(grad.variance_components, free.variance_components):
-        assert a.sd == pytest.approx(b.sd, rel=1e-4, abs=1e-5)
+        assert (a.sd or 0.0) == pytest.approx(b.sd or 0.0, rel=1e-4, abs=1e-5)
+        assert (a.corr or 0.0) == pytest.approx(b.corr or 0.0, rel=1e-3, abs=1e-4)
     assert calls[0] < calls[1] / 2  # the point of it: 43 vs 150, 63 vs 339 here
 
 
