@@ -169,3 +169,27 @@ def test_hessian_from_central_differences_of_the_gradient_is_second_order() -> N
     np.testing.assert_allclose(g0, grad(x))
     assert abs(forward[0, 0] - exact[0, 0]) == pytest.approx(5e-3, rel=1e-6)  # h / 2
     np.testing.assert_allclose(central, exact, atol=1e-12)
+
+
+def test_a_singular_fit_goes_on_by_bobyqa_and_matches_the_derivative_free_fit() -> None:
+    """A crossed factor with no variance: the log-scale searches stop near theta = 0,
+    BOBYQA finishes on the theta scale, and both paths agree (-2 logLik to 1e-9)."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(5)
+    n = 4000
+    a, b, x = rng.integers(0, 400, n), rng.integers(0, 30, n), rng.normal(size=n)
+    eta = -0.5 + 0.8 * x + rng.normal(0, 0.9, 400)[a]
+    rng.normal(0, 1, 30)  # b's effects, drawn and not used: its variance is 0
+    y = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(float)
+    table = pa.table({"y": y, "x": x, "a": a.astype(str), "b": b.astype(str)})
+    results = []
+    for use_gradient in (True, False):
+        data = solver.prepare("y ~ x + (1 | a) + (1 | b)", table, family="binomial")
+        m = solver.GeneralizedLinearMixedModel(data, solver.family("binomial"))
+        results.append(m.fit(solver.Control(use_gradient=use_gradient)).result)
+    grad, free = results
+    assert grad.diagnostics.optimizer.endswith("then BOBYQA")
+    assert grad.singular and free.singular
+    assert grad.loglik == pytest.approx(free.loglik, rel=1e-9)
+    np.testing.assert_allclose(grad.theta, free.theta, atol=1e-4)
