@@ -13,9 +13,10 @@ reweighted least squares (PIRLS) finds the conditional modes:
 
 Stage 1 (nAGQ = 0) minimises d over theta with beta inside PIRLS; stage 2 minimises
 d over (theta, beta) with PIRLS over u only.  With a canonical link and a mapped Schur
-factor d has a closed-form gradient (``laplace_gradient``): stage 1 is then L-BFGS-B
-on log(theta), stage 2 quasi-Newton in units where the Hessian at its start is I, and
-the checks' Hessian comes from central differences of the gradient.  Otherwise both
+factor (or a single scalar term) d has a closed-form gradient (``laplace_gradient``):
+stage 1 is then L-BFGS-B on log(theta), stage 2 quasi-Newton in units where the Hessian
+at its start is I, and the checks' Hessian comes from central differences of the
+gradient.  Otherwise both
 stages are BOBYQA, stage 2 in units where d's curvature is about even (beta in its
 standard errors, theta_j in sqrt(2 / d_jj)), and the Hessian is lme4's.  Each PIRLS
 step solves the PLS system at the new weights by conjugate gradients through the
@@ -43,7 +44,7 @@ from threadpoolctl import threadpool_limits
 from .condvar import conditional_variances
 from .crossprod import CrossProducts, z_matrix
 from .errors import DataError
-from .factor import MappedSchurFactor
+from .factor import MappedSchurFactor, SchurFactor
 from .family import Family
 from .laplace_gradient import Modes, NoGradient, laplace_gradient
 from .leverage import RowLeverages
@@ -202,9 +203,10 @@ class GeneralizedLinearMixedModel:
 
     def _row_leverages(self) -> RowLeverages | None:
         """The closed-form gradient's row leverages, where it is offered: a canonical link
-        and a mapped Schur factor (``laplace_gradient``); else None (BOBYQA only)."""
+        and a mapped Schur factor, or a single scalar term (``laplace_gradient``); else
+        None (BOBYQA only)."""
         factor = self.pls.factor
-        if not self.family.canonical or not isinstance(factor, MappedSchurFactor):
+        if not self.family.canonical or not isinstance(factor, SchurFactor):
             return None
         try:
             return RowLeverages(self.passes.Z, factor)

@@ -72,7 +72,7 @@ def laplace_gradient(
     if any(T.shape[0] > 1 and nearly_singular(T) for T in tmap.blocks(theta)):
         raise NoGradient("a vector term's T_k is nearly singular")
     first = dlogdet_M_entries(pls, theta)  # before the leverages, which consume S^-1
-    h = lev(pls.factor)
+    h = lev(pls.factor, float(theta[0]))
     Lambda = tmap.Lambda(theta)
     Zv = rows.Zt @ at.v
     entries = list(theta_entries(tmap))

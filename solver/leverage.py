@@ -27,18 +27,21 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .factor import MappedSchurFactor, pairs_within_levels
+from .factor import MappedSchurFactor, SchurFactor, pairs_within_levels
 
 
 class RowLeverages:
     """h (one per model row) for the rows Z, from the factor's current state; the row
     structure (first-term level of each row, its trailing entries and their pairs) is
-    analysed once."""
+    analysed once.  A ``SchurFactor`` of a single scalar term (M = D) gives
+    h_i = theta_1^2 z1^2 / d_l alone."""
 
-    def __init__(self, Z: sp.csr_matrix, factor: MappedSchurFactor) -> None:
+    def __init__(self, Z: sp.csr_matrix, factor: SchurFactor) -> None:
+        if factor.p1 != 1 or not (isinstance(factor, MappedSchurFactor) or factor.q == factor.n1):
+            raise ValueError("row leverages need a scalar first term and a mapped factor")
         Z = Z.tocsr()
         Z.sort_indices()
-        n1, n2, n = factor.n1, factor.n2, Z.shape[0]
+        n1, n = factor.n1, Z.shape[0]
         first = Z.indices < n1
         row = np.repeat(np.arange(n), np.diff(Z.indptr))
         if np.bincount(row[first], minlength=n).max(initial=0) > 1:
@@ -47,8 +50,15 @@ class RowLeverages:
         self.z1 = np.zeros(n)
         self.level[row[first]] = Z.indices[first]
         self.z1[row[first]] = Z.data[first]
-        trailing = ~first
-        cols, vals, self.entry_row = Z.indices[trailing] - n1, Z.data[trailing], row[trailing]
+        self.n = n
+        if isinstance(factor, MappedSchurFactor):
+            self._trailing(factor, row[~first], Z.indices[~first] - n1, Z.data[~first])
+
+    def _trailing(self, factor: MappedSchurFactor, row, cols, vals) -> None:
+        """The rows' trailing entries: their entries of A21, and the pairs within rows
+        with their positions in Gm (lower triangle) and products z2_j z2_k."""
+        n, n2 = self.n, factor.n2
+        self.entry_row = row
         self.z2 = vals
         used = (self.z1[self.entry_row] != 0) & (vals != 0)
         self.a21_entry = _entries_of(factor.A21, self.level[self.entry_row], cols, used)
@@ -57,10 +67,11 @@ class RowLeverages:
         self.pair_row = self.entry_row[p1]
         self.pair_pos = cols[p1] + cols[p2] * n2  # lower triangle: cols sorted within rows
         self.pair_value = np.where(p1 == p2, 1.0, 2.0) * vals[p1] * vals[p2]
-        self.n = n
 
-    def __call__(self, factor: MappedSchurFactor) -> np.ndarray:
-        """h at the factor's current theta and weights."""
+    def __call__(self, factor: SchurFactor, theta1: float) -> np.ndarray:
+        """h at the factor's current theta (first element ``theta1``) and weights."""
+        if not isinstance(factor, MappedSchurFactor):  # M = D
+            return (theta1 * self.z1) ** 2 * factor.Dinv[self.level, 0, 0]
         Gm = factor.congruent_inverse().reshape(-1, order="F")
         alpha, beta = _level_sums(factor, Gm)
         s = factor.theta1**2 / factor.d

@@ -24,8 +24,11 @@ VERBAGG = ("r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item)", "VerbAg
 VECTOR = ("r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 + Gender | item)", "VerbAgg",
           "binomial")  # fmt: skip
 GROUSE = ("TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)", "grouseticks", "poisson")
+CBPP = ("cbind(incidence, size - incidence) ~ period + (1 | herd)", "cbpp", "binomial")
 CASES = pytest.mark.parametrize(
-    "case", [VERBAGG, VECTOR, GROUSE], ids=["VerbAgg", "VerbAgg-vector", "grouseticks"]
+    "case",
+    [VERBAGG, VECTOR, GROUSE, CBPP],
+    ids=["VerbAgg", "VerbAgg-vector", "grouseticks", "cbpp-one-term"],
 )
 
 
@@ -49,7 +52,7 @@ def test_leverages_match_a_dense_inverse(case) -> None:
     m = model(case)
     theta = theta_at(m)
     m.laplace(theta)
-    h = RowLeverages(m.passes.Z, m.pls.factor)(m.pls.factor)
+    h = RowLeverages(m.passes.Z, m.pls.factor)(m.pls.factor, float(theta[0]))
     st = m.state
     mu, d = m.family.link.inverse(st.eta)
     w = m.wt * d * d / m.family.variance(mu)
