@@ -588,6 +588,11 @@ class MappedSchurFactor(SchurFactor):
         return self._squares
 
     @property
+    def a21_levels(self) -> np.ndarray:
+        """The level (column of A21) of each entry of A21.data."""
+        return self._a21_cols
+
+    @property
     def positions(self) -> np.ndarray:
         """Fortran-order positions in S (lower triangle) that the map G reaches."""
         return self._rows

@@ -8,16 +8,17 @@ trailing columns) and M = Lambda'Z'WZ Lambda + I:
 The first term is scalar (theta_1), so M's leading block is D = diag(d), d = theta_1^2 a + 1,
 and with the factor's Schur complement S of D and Gm = Lambda_2 S^-1 Lambda_2':
 
-    h_i = theta_1^2 z1^2 / d_l + v' Gm v,      v = z2 - s_l z1 A21[:, l],   s_l = theta_1^2 / d_l
+    h_i = theta_1^2 z1^2 / d_l + r' Gm r,      r = z2 - s_l z1 A21[:, l],   s_l = theta_1^2 / d_l
 
-v lives on the trailing columns that meet level l (those of A21's column l), so
+r lives on the trailing columns that meet level l (those of A21's column l), so
 
-    v'Gm v = z2'Gm z2 - 2 z1 s_l sum_j z2_j beta_lj + z1^2 s_l^2 alpha_l,
-    beta_lj = sum_k Gm_jk A21_kl,     alpha_l = sum_jk A21_jl Gm_jk A21_kl
+    r'Gm r = z2'Gm z2 - 2 z1 s_l sum_j z2_j GA_jl + z1^2 s_l^2 AGA_l,
+    GA_jl = sum_k Gm_jk A21_kl,     AGA_l = sum_jk A21_jl Gm_jk A21_kl
 
-where beta and alpha are sums over the factor's pair map (the pairs of trailing columns
-within each level) and z2'Gm z2 a sum over the pairs within each row: O(pairs + rows)
-per theta once Gm is formed (one dense n2 x n2 congruence of S^-1).  The Laplace
+where GA (on A21's pattern) and AGA are sums over the factor's pair map (the pairs of
+trailing columns within each level) and z2'Gm z2 a sum over the pairs within each row:
+O(pairs + rows) per theta once Gm is formed (one dense n2 x n2 congruence of S^-1).
+With a single scalar term (no trailing columns) h_i = theta_1^2 z1^2 / d_l.  The Laplace
 deviance's gradient (``laplace_gradient``) needs h: its log-determinant moves with the
 working weights W, which move with the modes.
 """
@@ -73,13 +74,13 @@ class RowLeverages:
         if not isinstance(factor, MappedSchurFactor):  # M = D
             return (theta1 * self.z1) ** 2 * factor.Dinv[self.level, 0, 0]
         Gm = factor.congruent_inverse().reshape(-1, order="F")
-        alpha, beta = _level_sums(factor, Gm)
+        AGA, GA = _level_sums(factor, Gm)
         s = factor.theta1**2 / factor.d
         z1, lv = self.z1, self.level
         h = factor.theta1**2 * z1 * z1 / factor.d[lv]
         h += np.bincount(self.pair_row, self.pair_value * Gm[self.pair_pos], minlength=self.n)
-        cross = np.bincount(self.entry_row, self.z2 * beta[self.a21_entry], minlength=self.n)
-        h += z1 * s[lv] * (z1 * s[lv] * alpha[lv] - 2.0 * cross)
+        cross = np.bincount(self.entry_row, self.z2 * GA[self.a21_entry], minlength=self.n)
+        h += z1 * s[lv] * (z1 * s[lv] * AGA[lv] - 2.0 * cross)
         return h
 
 
@@ -100,11 +101,10 @@ def _entries_of(
 
 
 def _level_sums(factor: MappedSchurFactor, Gm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """beta = (Gm A21) on A21's pattern, by the factor's level squares, and from it
-    alpha_l = A21[:, l]' Gm A21[:, l] = sum_j A21_jl beta_lj per level."""
+    """(AGA, GA): GA = Gm A21 on A21's pattern, by the factor's level squares, and from
+    it AGA_l = A21[:, l]' Gm A21[:, l] = sum_j A21_jl GA_jl per level."""
     indptr, indices, src = factor.level_squares()
     a = factor.A21.data
     P = sp.csr_matrix((a[src], indices, indptr), shape=(len(a), len(factor.positions)))
-    beta = P @ Gm[factor.positions]
-    level = np.repeat(np.arange(factor.n1), np.diff(factor.A21.indptr))
-    return np.bincount(level, a * beta, minlength=factor.n1), beta
+    GA = P @ Gm[factor.positions]
+    return np.bincount(factor.a21_levels, a * GA, minlength=factor.n1), GA
