@@ -197,6 +197,7 @@ class GeneralizedLinearMixedModel:
         self.starts = {True: WarmStarts(nt), False: WarmStarts(nt + p)}  # key: beta inside
         self._factored: PLSSolution | None = None  # what the factor last solved
         self._empty = np.zeros((len(self.y), 0))
+        self.evaluation_s: list[float] = []  # seconds of each evaluation (+ its gradient)
         # (point, d, gradient or None) of the last evaluation, while the state holds it
         self._last: tuple[tuple, float, np.ndarray | None] | None = None
         self.leverages = self._row_leverages()
@@ -335,10 +336,13 @@ class GeneralizedLinearMixedModel:
         point = (self.pirls_tol, theta.tobytes(), None if beta is None else beta.tobytes())
         if self._last is not None and self._last[0] == point:
             return self._last[1]
+        started = time.perf_counter()
         try:
             st = self.pirls(theta, beta)
         except np.linalg.LinAlgError:
             return math.inf
+        finally:
+            self.evaluation_s.append(time.perf_counter() - started)
         value = st.aic + float(st.u @ st.u) + st.logdet
         self._last = (point, value, None)
         return value
@@ -361,16 +365,19 @@ class GeneralizedLinearMixedModel:
             mu, d = self.family.link.inverse(st.eta)
             w = self._working_weights(Iterate(st.u, st.beta, st.eta, mu, d, 0.0))
             at = Modes(st.u, w, self.family.weight_slope(mu, d, self.wt), self._v(mu, d))
+            started = time.perf_counter()
             try:
                 g = laplace_gradient(self.pls, self._factored, self.passes, self.leverages,
                                      at, beta is not None)  # fmt: skip
             except np.linalg.LinAlgError as e:
                 raise NoGradient(str(e)) from None
+            finally:
+                self.evaluation_s[-1] += time.perf_counter() - started
             self._last = (self._last[0], value, g)
         return value, g.copy()
 
     def fit(self, control: Control = Control(), progress: Progress | None = None) -> GLMMFit:
-        started = time.perf_counter()
+        started, first = time.perf_counter(), len(self.evaluation_s)
         nt = self.tmap.size
         # PIRLS leaves ~1e-10 of noise in d: central differences need a step above it.
         # BOBYQA stops at STAGE2_TOL, so that the checks' Hessian (and the standard errors)
@@ -399,7 +406,8 @@ class GeneralizedLinearMixedModel:
             value = joint(x)
         evals = stage1.evaluations + stage2.evaluations
         result = glmm_result(self, x[:nt], x[nt:], value, vcov, checked.checks, evals, optimizer)
-        return GLMMFit(self, x[:nt], x[nt:], result, time.perf_counter() - started)
+        fit_s, evaluation_s = time.perf_counter() - started, tuple(self.evaluation_s[first:])
+        return GLMMFit(self, x[:nt], x[nt:], result, fit_s, evaluation_s)
 
     def _joint_stage(self, joint, x0, bounds, control, progress):
         """Stage 2 with the gradient where it is offered, finished (or done) by BOBYQA;
@@ -550,7 +558,7 @@ class GLMMFit:
     beta: np.ndarray
     result: FitResult
     fit_s: float
-    evaluation_s: tuple[float, ...] = ()  # not recorded for GLMMs
+    evaluation_s: tuple[float, ...] = ()  # the fit's Laplace evaluations (+ gradients)
 
     def _refresh(self) -> None:
         self.model.pirls(self.theta, self.beta)

@@ -196,3 +196,11 @@ def test_a_singular_fit_goes_on_by_bobyqa_and_matches_the_derivative_free_fit() 
     assert grad.singular and free.singular
     assert grad.loglik == pytest.approx(free.loglik, rel=1e-9)
     np.testing.assert_allclose(grad.theta, free.theta, atol=1e-4)
+
+
+def test_the_fit_times_its_laplace_evaluations() -> None:
+    m = model(GROUSE)
+    fit = m.fit()
+    assert len(fit.evaluation_s) >= fit.result.diagnostics.evaluations > 0
+    assert all(t > 0 for t in fit.evaluation_s)
+    assert sum(fit.evaluation_s) <= fit.fit_s
