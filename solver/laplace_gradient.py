@@ -38,6 +38,8 @@ from .leverage import RowLeverages
 from .pcg import FactorPreconditioner
 from .pls import PLS, PLSSolution
 
+COLUMNS = 8  # parameters whose n-vectors deta are formed at once (memory: 8 n doubles each)
+
 
 class NoGradient(Exception):
     """The closed form does not hold here: a vector term's T_k is (nearly) singular
@@ -82,17 +84,31 @@ def laplace_gradient(
         Du[idx[:, a], j] = at.u[idx[:, c]]  # dLambda_j u
         Rv[idx[:, c], j] = Zv[idx[:, a]]  # dLambda_j' Z'v
         first[j] -= 2.0 * float(Zv[idx[:, a]] @ at.u[idx[:, c]])
-    T = np.asarray(rows.Z @ Du)
     if over_beta:
-        T = np.hstack([T, rows.X])
         first = np.concatenate([first, -2.0 * (rows.X.T @ at.v)])
         Rv = np.hstack([Rv, np.zeros((q, rows.X.shape[1]))])
-    WT = at.w[:, None] * T
-    R = Rv - np.asarray(Lambda.T @ (rows.Zt @ WT))
+    pre = FactorPreconditioner(pls.factor, sol, not over_beta)
+    dwh = at.dw * h
+    for cols in np.array_split(np.arange(len(first)), -(-len(first) // COLUMNS)):
+        deta = _deta(rows, Lambda, Du, at.w, pre, Rv, cols, over_beta)
+        first[cols] += dwh @ deta
+    return first
+
+
+def _deta(rows: Rows, Lambda, Du, w, pre, Rv, cols: np.ndarray, over_beta: bool) -> np.ndarray:
+    """deta for the parameters ``cols`` (n x len(cols)): t = Z dLambda u (theta_j) or x_m
+    (beta_m), and Z Lambda du (+ X dbeta) from one solve with the factor."""
+    nt = Du.shape[1]
+    T = np.asarray(rows.Z @ Du[:, cols[cols < nt]])
+    if over_beta:
+        T = np.hstack([T, rows.X[:, cols[cols >= nt] - nt]])
+    WT = w[:, None] * T
+    R = Rv[:, cols] - np.asarray(Lambda.T @ (rows.Zt @ WT))
     if not over_beta:  # nAGQ = 0: beta moves with the modes
         R = np.vstack([R, -(rows.X.T @ WT)])
-    dmodes = FactorPreconditioner(pls.factor, sol, not over_beta).solve(R)
-    deta = T + rows.Z @ np.asarray(Lambda @ dmodes[:q])
+    dmodes = pre.solve(R)
+    q = Du.shape[0]
+    T += rows.Z @ np.asarray(Lambda @ dmodes[:q])
     if not over_beta:
-        deta += rows.X @ dmodes[q:]
-    return first + (at.dw * h) @ deta
+        T += rows.X @ dmodes[q:]
+    return T
