@@ -16,9 +16,9 @@ d over (theta, beta) with PIRLS over u only.  With a canonical link and a mapped
 factor (or a single scalar term) d has a closed-form gradient (``laplace_gradient``):
 stage 1 is then L-BFGS-B on log(theta), stage 2 quasi-Newton in units where the Hessian
 at its start is I, and the checks' Hessian comes from central differences of the
-gradient.  Otherwise both
-stages are BOBYQA, stage 2 in units where d's curvature is about even (beta in its
-standard errors, theta_j in sqrt(2 / d_jj)), and the Hessian is lme4's.  Each PIRLS
+gradient.  Otherwise both stages are BOBYQA, stage 2 in units where d's curvature is
+about even (beta in its standard errors, theta_j in sqrt(2 / d_jj)), and the Hessian is
+lme4's (central differences of d).  Each PIRLS
 step solves the PLS system at the new weights by conjugate gradients through the
 rows, preconditioned by the last factor (``pcg``), so that each evaluation factors once,
 at the modes, for log|L|^2 (``WeightedPass`` forms that factor's cross-products from a
