@@ -42,7 +42,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from .condvar import conditional_variances
-from .crossprod import CrossProducts, z_matrix
+from .crossprod import CrossProducts
 from .errors import DataError
 from .factor import MappedSchurFactor, SchurFactor
 from .family import Family
@@ -65,6 +65,7 @@ from .pcg import FactorPreconditioner, PLSOperator, pcg
 from .pls import PLS, PLSSolution, ThetaMap
 from .results import FitResult, glmm_result, ranef_table
 from .warmstart import WarmStarts
+from .weighted import WeightedPass
 
 Progress = Callable[[int, float], None]
 PIRLS_TOL = 1e-14  # stage 2 and the finite-difference Hessian (checks, standard errors)
@@ -83,59 +84,6 @@ STAGE1_FTOL = 1e-9  # relative decrease at which L-BFGS-B ends stage 1
 PCG_RTOL = 1e1
 PCG_ATOL = 1e-11  # or below this P^-1-norm (~ the A-norm of u's error; d moves ~4x that)
 PCG_MAXIT = 30  # more products with A than this: factor at the new weights instead
-
-
-class WeightedPass:
-    """Cross-products with per-iteration weights over the buffered rows.
-
-    Z'WZ keeps the pattern of Z'Z: each row's products z_a z_b (a <= b among its
-    non-zeros) are precomputed into a sparse S (one row per stored entry of Z'Z, one
-    column per model row), so that a pass is one product (Z'WZ).data = S w."""
-
-    def __init__(self, data: ModelData) -> None:
-        rows = data.buffer
-        assert rows is not None
-        self.X = rows.X[:, data.kept]
-        self.Z = z_matrix(rows, data.layout).tocsr()
-        self.Zt = self.Z.T.tocsr()
-        self.counts = data.cp.level_counts
-        pattern = data.cp.ZtZ.copy()
-        pattern.sort_indices()
-        self.indices, self.indptr, self.q = pattern.indices, pattern.indptr, pattern.shape[0]
-        self.S = self._pairs(pattern)
-
-    def _pairs(self, pattern: sp.csc_matrix) -> sp.csr_matrix:
-        Z, q = self.Z, self.q
-        width = int(np.diff(Z.indptr).max())
-        cols = Z.indices.reshape(-1, width).astype(np.int64)
-        vals = Z.data.reshape(-1, width)
-        a, b = np.triu_indices(width)
-        lo, hi = np.minimum(cols[:, a], cols[:, b]), np.maximum(cols[:, a], cols[:, b])
-        col_of = np.repeat(np.arange(q, dtype=np.int64), np.diff(pattern.indptr))
-        keys = col_of * q + pattern.indices
-        pos = np.searchsorted(keys, lo * q + hi)
-        n, k = pos.shape
-        byrow = sp.csr_matrix(
-            ((vals[:, a] * vals[:, b]).ravel(), pos.ravel(), np.arange(0, n * k + 1, k)),
-            shape=(n, len(keys)),
-        )
-        return byrow.T.tocsr()
-
-    def __call__(self, w: np.ndarray, z: np.ndarray, X: np.ndarray) -> CrossProducts:
-        WX = X * w[:, None]
-        return CrossProducts(
-            ZtZ=sp.csc_matrix((self.S @ w, self.indices, self.indptr), shape=(self.q, self.q)),
-            ZtX=np.asarray(self.Zt @ WX),
-            ZtY=np.asarray(self.Zt @ (w * z)),
-            XtX=X.T @ WX,
-            XtY=WX.T @ z,
-            yty=float(z @ (w * z)),
-            n=len(z),
-            sum_log_w=0.0,
-            level_counts=self.counts,
-            x_min=np.zeros(0),
-            x_max=np.zeros(0),
-        )
 
 
 class Iterate(NamedTuple):

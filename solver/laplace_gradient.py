@@ -57,7 +57,7 @@ class Modes:
 
 
 class Rows(Protocol):
-    """The model rows' matrices (``glmm.WeightedPass``): Z, Z' (CSR) and X."""
+    """The model rows' matrices (``weighted.WeightedPass``): Z, Z' (CSR) and X."""
 
     Z: sp.csr_matrix
     Zt: sp.csr_matrix
