@@ -336,7 +336,7 @@ class GeneralizedLinearMixedModel:
             xtol_abs=STAGE2_TOL, ftol_rel=0.0,
         )  # fmt: skip
         with threadpool_limits(self.pls.factor.blas_limits()):
-            stage1 = self._stage1(control, progress)
+            stage1, stage1_name = self._stage1(control, progress)
             se = self._beta_se(stage1.x)
             steps = np.concatenate([np.full(nt, control.delta), BETA_STEP * se])
             x0 = np.concatenate([stage1.x, self.state.beta])
@@ -346,13 +346,14 @@ class GeneralizedLinearMixedModel:
             def joint(x: np.ndarray) -> float:
                 return self.laplace(x[:nt], x[nt:])
 
-            stage2, fg, optimizer = self._joint_stage(joint, x0, (lower, diag, steps), control,
-                                                      progress)  # fmt: skip
+            stage2, fg, stage2_name = self._joint_stage(joint, x0, (lower, diag, steps), control,
+                                                        progress)  # fmt: skip
+            evals = len(self.evaluation_s) - first  # of the searches, however they ended
             checked = self._checks(joint, fg, stage2.x, lower, diag, steps, control)
             x = checked.x
             vcov = self._vcov(joint, checked, nt, control)
             value = joint(x)
-        evals = stage1.evaluations + stage2.evaluations
+        optimizer = f"{stage1_name} (nAGQ = 0), then {stage2_name} (nAGQ = 1)"
         result = glmm_result(self, x[:nt], x[nt:], value, vcov, checked.checks, evals, optimizer)
         fit_s, evaluation_s = time.perf_counter() - started, tuple(self.evaluation_s[first:])
         return GLMMFit(self, x[:nt], x[nt:], result, fit_s, evaluation_s)
@@ -364,13 +365,9 @@ class GeneralizedLinearMixedModel:
         nt = self.tmap.size
         lower, diag, steps = bounds
         if not self._use_gradient(control):
-            stage2 = self._stage2(joint, x0, lower, steps, control, progress)
-            return stage2, None, "BOBYQA (nAGQ = 0, then nAGQ = 1)"
+            return self._stage2(joint, x0, lower, steps, control, progress), None, "BOBYQA"
         fg = self._joint_gradient(nt)
-        optimizer = (
-            "L-BFGS-B on log(theta) (nAGQ = 0), then quasi-Newton over (theta, beta) "
-            "(nAGQ = 1), closed-form gradient"
-        )
+        optimizer = "quasi-Newton over (log theta, beta) with the closed-form gradient"
         try:  # over (log theta, beta), scaled by the Hessian at x0 (theta and beta couple)
             stage2 = minimize_preconditioned(fg, x0, diag, steps, control, progress)
             if stage2 is not None and not self._at_boundary(fg, stage2.x, diag, control):
@@ -388,17 +385,20 @@ class GeneralizedLinearMixedModel:
         differences would magnify a single-precision S^-1's error (see
         ``MappedSchurFactor.gradient_inverse_lower``)."""
         factor = self.pls.factor
-        if fg is None or not isinstance(factor, MappedSchurFactor):
+        if fg is None:
             return check_convergence(joint, x, lower, diag, control, None, steps)
-        factor.allow_single_precision(False)
-        if self._last is not None:  # its gradient may have come from a single S^-1
-            self._last = (*self._last[:2], None)
+        mapped = isinstance(factor, MappedSchurFactor)  # else one scalar term: no S^-1
+        if mapped:
+            factor.allow_single_precision(False)
+            if self._last is not None:  # its gradient may have come from a single S^-1
+                self._last = (*self._last[:2], None)
         try:
             return check_convergence(joint, x, lower, diag, control, fg, steps, True)
         except NoGradient:
             return check_convergence(joint, x, lower, diag, control, None, steps)
         finally:
-            factor.allow_single_precision(True)
+            if mapped:
+                factor.allow_single_precision(True)
 
     def _at_boundary(self, fg, x: np.ndarray, diag: np.ndarray, control: Control) -> bool:
         """Whether a diagonal theta_j ended at (or still heads for) 0, where the log scale
@@ -415,13 +415,13 @@ class GeneralizedLinearMixedModel:
 
         return fg
 
-    def _stage1(self, control: Control, progress: Progress | None) -> OptimResult:
+    def _stage1(self, control: Control, progress: Progress | None) -> tuple[OptimResult, str]:
         """nAGQ = 0 (it only starts stage 2), then the modes at its optimum to full
         precision: by L-BFGS-B on log(theta) with the closed-form gradient where it is
         offered (PIRLS to PIRLS_TOL_GRADIENT, for a gradient L-BFGS-B can trust), else
-        by BOBYQA to STAGE1_TOL with lme4's PIRLS tolerance."""
+        by BOBYQA to STAGE1_TOL with lme4's PIRLS tolerance; (its result, its name)."""
         start, lower = self.tmap.start(), self.tmap.lower()
-        stage1 = None
+        stage1, name = None, "L-BFGS-B on log(theta) with the closed-form gradient"
         if self._use_gradient(control):
             self.pirls_tol = PIRLS_TOL_GRADIENT
             coarse = replace(control, lbfgs_ftol=STAGE1_FTOL)
@@ -430,14 +430,15 @@ class GeneralizedLinearMixedModel:
                 stage1 = minimize_log_scale(self.laplace_gradient, start, diagonal, coarse,
                                             progress)  # fmt: skip
             except NoGradient:
-                pass
+                name += ", then BOBYQA"
         if stage1 is None:
             self.pirls_tol = PIRLS_TOL_STAGE1
             coarse = replace(control, ftol_abs=STAGE1_TOL, xtol_abs=STAGE1_TOL)
             stage1 = minimize(self.laplace, start, lower, coarse, progress)
+            name = name if self._use_gradient(control) else "BOBYQA"
         self.pirls_tol = PIRLS_TOL
         self.pirls(stage1.x)
-        return stage1
+        return stage1, name
 
     def _stage2(self, joint, x0, lower, steps, control, progress) -> OptimResult:
         """BOBYQA over (theta, beta) from x0.  Its trust region is round: it searches in

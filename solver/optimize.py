@@ -180,29 +180,20 @@ def minimize_preconditioned(
     a diagonal x_j starts at its floor (a boundary: for BOBYQA), H0 is not positive
     definite or the search ends where f is not finite."""
     floor = np.log(LOG_FLOOR)
-    if np.any(x0[diagonal] <= LOG_FLOOR):
+    if np.any(x0[diagonal] <= LOG_FLOOR * (1 + 1e-8)):
         return None
     y0 = np.where(diagonal, np.log(np.where(diagonal, x0, 1.0)), x0)
-
-    def x_of(y: np.ndarray) -> np.ndarray:
-        return np.where(diagonal, np.exp(np.clip(y, floor, 700.0)), y)
-
-    def fy(y: np.ndarray) -> tuple[float, np.ndarray]:
-        x = x_of(y)
-        value, g = fg(x)
-        return value, np.where(diagonal, g * x, g)
-
     trace: list[float] = []
-    counted = _counted_fg(fy, progress, trace)
-    f0, g0 = counted(y0)
-    _, H0 = derivatives_from_gradient(lambda y: counted(y)[1], y0, steps)
+    fy = _memo_fg(_counted_fg(_log_scaled(fg, diagonal, floor), progress, trace))
+    f0, g0 = fy(y0)
+    _, H0 = derivatives_from_gradient(lambda y: fy(y)[1], y0, steps)
     try:
         C = np.linalg.cholesky(H0).T
     except np.linalg.LinAlgError:
         return None
 
     def fz(z: np.ndarray) -> tuple[float, np.ndarray]:
-        value, g = counted(y0 + la.solve_triangular(C, z))
+        value, g = fy(y0 + la.solve_triangular(C, z))
         return value, la.solve_triangular(C, g, trans="T")
 
     newton = -la.solve_triangular(C, g0, trans="T")
@@ -212,7 +203,38 @@ def minimize_preconditioned(
     value, _ = fz(z)
     if not np.isfinite(value):
         return None
-    return OptimResult(x_of(y0 + la.solve_triangular(C, z)), value, len(trace), status, trace)
+    y = y0 + la.solve_triangular(C, z)
+    x = np.where(diagonal, np.exp(np.clip(y, floor, 700.0)), y)
+    return OptimResult(x, value, len(trace), status, trace)
+
+
+def _log_scaled(fg: ObjectiveGrad, diagonal: np.ndarray, floor: float) -> ObjectiveGrad:
+    """fg over y: x_j = exp(y_j) where ``diagonal`` (y_j clipped below at ``floor``,
+    where f is flat and the gradient 0), x_j = y_j elsewhere."""
+
+    def fy(y: np.ndarray) -> tuple[float, np.ndarray]:
+        x = np.where(diagonal, np.exp(np.clip(y, floor, 700.0)), y)
+        value, g = fg(x)
+        return value, np.where(diagonal, np.where(y < floor, 0.0, g * x), g)
+
+    return fy
+
+
+def _memo_fg(fg: ObjectiveGrad, size: int = 4) -> ObjectiveGrad:
+    """fg remembering its last ``size`` points (a rejected Newton trial, then L-BFGS
+    starting again from y0, asks for y0 a second time)."""
+    seen: dict[bytes, tuple[float, np.ndarray]] = {}
+
+    def cached(y: np.ndarray) -> tuple[float, np.ndarray]:
+        key = np.asarray(y, np.float64).tobytes()
+        if key not in seen:
+            if len(seen) >= size:
+                del seen[next(iter(seen))]
+            seen[key] = fg(y)
+        value, g = seen[key]
+        return value, g.copy()
+
+    return cached
 
 
 def _counted_fg(fg: ObjectiveGrad, progress: Progress | None, trace: list[float]) -> ObjectiveGrad:
