@@ -128,8 +128,11 @@ def test_gradient_from_a_single_precision_inverse(monkeypatch: pytest.MonkeyPatc
     )
 
 
+NO_FIXED = ("TICKS ~ 0 + (1 | BROOD) + (1 | LOCATION)", "grouseticks", "poisson")
+
+
 @pytest.mark.parametrize(
-    "case", [VERBAGG, GROUSE, VECTOR], ids=["VerbAgg", "grouseticks", "vector"]
+    "case", [VERBAGG, GROUSE, VECTOR, NO_FIXED], ids=["VerbAgg", "grouseticks", "vector", "p=0"]
 )
 def test_fit_with_the_gradient_matches_the_derivative_free_fit(case) -> None:
     fits, calls = [], []
