@@ -162,12 +162,12 @@ class GeneralizedLinearMixedModel:
         except ValueError:
             return None
 
-    def _working_weights(self, it: Iterate) -> np.ndarray:
-        """w = wt mu_eta^2 / variance(mu) at the iterate."""
-        return self.wt * it.d**2 / self.family.variance(it.mu)
+    def _working_weights(self, mu: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """w = wt mu_eta^2 / variance(mu), d = mu_eta."""
+        return self.wt * d**2 / self.family.variance(mu)
 
     def _weighted(self, it: Iterate, beta: np.ndarray | None) -> CrossProducts:
-        w = self._working_weights(it)
+        w = self._working_weights(it.mu, it.d)
         z = it.eta - self.offset + (self.y - it.mu) / it.d
         if beta is None:
             return self.passes(w, z, self.passes.X)
@@ -236,7 +236,9 @@ class GeneralizedLinearMixedModel:
     def _pcg_step(self, Lambda, cur: Iterate, beta, pre) -> np.ndarray | None:
         """A^-1 r over u (and beta when it is free) by PCG, or None."""
         X = self.passes.X if beta is None else self._empty
-        A = PLSOperator(self.passes.Z, self.passes.Zt, X, self._working_weights(cur), Lambda)
+        A = PLSOperator(
+            self.passes.Z, self.passes.Zt, X, self._working_weights(cur.mu, cur.d), Lambda
+        )
         r = self._score(cur, Lambda, beta is None)
         rtol = PCG_RTOL * math.sqrt(self.pirls_tol)
         x, _ = pcg(A, pre, r, pre(r), rtol, PCG_MAXIT, PCG_ATOL)
@@ -311,7 +313,7 @@ class GeneralizedLinearMixedModel:
         if g is None:
             st = self.state
             mu, d = self.family.link.inverse(st.eta)
-            w = self._working_weights(Iterate(st.u, st.beta, st.eta, mu, d, 0.0))
+            w = self._working_weights(mu, d)
             at = Modes(st.u, w, self.family.weight_slope(mu, d, self.wt), self._v(mu, d))
             started = time.perf_counter()
             try:
@@ -421,8 +423,9 @@ class GeneralizedLinearMixedModel:
         offered (PIRLS to PIRLS_TOL_GRADIENT, for a gradient L-BFGS-B can trust), else
         by BOBYQA to STAGE1_TOL with lme4's PIRLS tolerance; (its result, its name)."""
         start, lower = self.tmap.start(), self.tmap.lower()
-        stage1, name = None, "L-BFGS-B on log(theta) with the closed-form gradient"
+        stage1, name = None, "BOBYQA"
         if self._use_gradient(control):
+            name = "L-BFGS-B on log(theta) with the closed-form gradient"
             self.pirls_tol = PIRLS_TOL_GRADIENT
             coarse = replace(control, lbfgs_ftol=STAGE1_FTOL)
             diagonal = self.tmap.diagonal_mask()
@@ -435,7 +438,6 @@ class GeneralizedLinearMixedModel:
             self.pirls_tol = PIRLS_TOL_STAGE1
             coarse = replace(control, ftol_abs=STAGE1_TOL, xtol_abs=STAGE1_TOL)
             stage1 = minimize(self.laplace, start, lower, coarse, progress)
-            name = name if self._use_gradient(control) else "BOBYQA"
         self.pirls_tol = PIRLS_TOL
         self.pirls(stage1.x)
         return stage1, name

@@ -124,21 +124,10 @@ def minimize_log_scale(
     log(LOG_FLOOR): a boundary (singular) optimum is for the caller to finish on the
     theta scale."""
     trace: list[float] = []
-    counted = _counted_fg(fg, progress, trace)
-
-    def theta(phi: np.ndarray) -> np.ndarray:
-        return np.where(diagonal, np.exp(np.minimum(phi, 700.0)), phi)
-
-    def fg_phi(phi: np.ndarray) -> tuple[float, np.ndarray]:
-        th = theta(phi)
-        value, grad = counted(th)
-        return value, np.where(diagonal, grad * th, grad)
-
-    x0 = np.asarray(x0, dtype=np.float64)
-    phi0 = np.where(diagonal, np.log(np.maximum(x0, LOG_FLOOR)), x0)
+    fg_phi = _log_scaled(_counted_fg(fg, progress, trace), diagonal)
     lower = np.where(diagonal, np.log(LOG_FLOOR), -np.inf)
-    phi, status = _lbfgsb(fg_phi, phi0, lower, control)
-    x = theta(phi)
+    phi, status = _lbfgsb(fg_phi, _to_log(x0, diagonal), lower, control)
+    x = _from_log(phi, diagonal)
     value, _ = fg(x)
     return OptimResult(x, float(value), len(trace), status, trace)
 
@@ -179,12 +168,11 @@ def minimize_preconditioned(
     -C^-T g, at most NEWTON_RADIUS long), kept if it goes down, then L-BFGS.  None when
     a diagonal x_j starts at its floor (a boundary: for BOBYQA), H0 is not positive
     definite or the search ends where f is not finite."""
-    floor = np.log(LOG_FLOOR)
     if np.any(x0[diagonal] <= LOG_FLOOR * (1 + 1e-8)):
         return None
-    y0 = np.where(diagonal, np.log(np.where(diagonal, x0, 1.0)), x0)
+    y0 = _to_log(x0, diagonal)
     trace: list[float] = []
-    fy = _memo_fg(_counted_fg(_log_scaled(fg, diagonal, floor), progress, trace))
+    fy = _memo_fg(_log_scaled(_counted_fg(fg, progress, trace), diagonal))
     f0, g0 = fy(y0)
     _, H0 = derivatives_from_gradient(lambda y: fy(y)[1], y0, steps)
     try:
@@ -203,17 +191,29 @@ def minimize_preconditioned(
     value, _ = fz(z)
     if not np.isfinite(value):
         return None
-    y = y0 + la.solve_triangular(C, z)
-    x = np.where(diagonal, np.exp(np.clip(y, floor, 700.0)), y)
+    x = _from_log(y0 + la.solve_triangular(C, z), diagonal)
     return OptimResult(x, value, len(trace), status, trace)
 
 
-def _log_scaled(fg: ObjectiveGrad, diagonal: np.ndarray, floor: float) -> ObjectiveGrad:
-    """fg over y: x_j = exp(y_j) where ``diagonal`` (y_j clipped below at ``floor``,
-    where f is flat and the gradient 0), x_j = y_j elsewhere."""
+def _to_log(x: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
+    """y = log x_j where ``diagonal`` (x_j at least LOG_FLOOR), x_j elsewhere."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(diagonal, np.log(np.maximum(x, LOG_FLOOR)), x)
+
+
+def _from_log(y: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
+    """x = exp(y_j) where ``diagonal`` (y_j clipped to [log(LOG_FLOOR), 700]), y_j
+    elsewhere."""
+    return np.where(diagonal, np.exp(np.clip(y, np.log(LOG_FLOOR), 700.0)), y)
+
+
+def _log_scaled(fg: ObjectiveGrad, diagonal: np.ndarray) -> ObjectiveGrad:
+    """fg over y (``_from_log``): df/dy_j = x_j df/dx_j where ``diagonal``, 0 where y_j
+    is clipped below (f is flat there)."""
+    floor = np.log(LOG_FLOOR)
 
     def fy(y: np.ndarray) -> tuple[float, np.ndarray]:
-        x = np.where(diagonal, np.exp(np.clip(y, floor, 700.0)), y)
+        x = _from_log(y, diagonal)
         value, g = fg(x)
         return value, np.where(diagonal, np.where(y < floor, 0.0, g * x), g)
 
