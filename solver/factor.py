@@ -36,7 +36,7 @@ from .crossprod import TermLayout
 MAX_DENSE_SCHUR = 6000
 TRACE_CHUNK = 4096  # levels of the first term per block of X (B D^-1)
 # below, one thread: two spinning BLAS threads on a busy 2-core machine cost 4-10x
-DENSE_THREADS_FROM = 2500
+DENSE_THREADS_FROM = 1000
 SINGLE_FROM = 1000  # n2 from which the gradient's S^-1 may be single precision
 SINGLE_RESIDUAL = 1e-4  # EHR 1M: 1e-5 to 1.6e-5 far from the optimum, 2.7e-6 near it
 
@@ -360,9 +360,10 @@ class MappedSchurFactor(SchurFactor):
             self.A22 = np.zeros((self.n2, self.n2), order="F")  # then only its pattern is set
         data = A.data
         self.a = data[self._diag]  # diagonal of A11: first entry of each level's column
-        self.G.data = data[self._i1] * data[self._i2]
+        self.GT.data = data[self._i1] * data[self._i2]
         flat = self.A22.reshape(-1, order="F")
-        flat[self._a22_pos] = data[self._cut :]  # lower triangle of A22
+        self._a22_values = data[self._cut :]  # lower triangle of A22
+        flat[self._a22_pos] = self._a22_values
         flat[self._a22_mirror] = data[self._cut :][self._a22_off]
         self.A21.data = data[self._below]
 
@@ -377,31 +378,28 @@ class MappedSchurFactor(SchurFactor):
     def _build_map(self, A: sp.csc_matrix) -> None:
         """Pairs (j >= k) of entries below the first block within each level's column,
         and where A's stored values go (diagonal of A11, A21, the lower triangle of A22
-        and its mirror within vector terms' level blocks).  G is stored by rows, only those
-        of positions some level reaches (``_rows``): a mat-vec then gathers from w."""
+        and its mirror within vector terms' level blocks).  G is stored transposed, one
+        row per level with its pairs in the order they are generated, one column per
+        position some level reaches (``_rows``, sorted): G w is then a scatter from w
+        (no sort of the pairs by position)."""
         n1, n2 = self.n1, self.n2
         ptr, idx = A.indptr, A.indices
         if np.any(idx[ptr[:n1]] != np.arange(n1)):
             raise ValueError("first block is not diagonal")
         k = np.diff(ptr[: n1 + 1]) - 1  # entries below the first block, per level
         below = np.setdiff1d(np.arange(ptr[n1]), ptr[:n1], assume_unique=True)
-        i1, i2 = pairs_within_levels(below, k)
-        r1, r2 = idx[i1] - n1, idx[i2] - n1  # r1 >= r2 since indices are sorted
-        levels = np.repeat(np.arange(n1), k * (k + 1) // 2)
-        G = sp.coo_matrix(
-            (np.arange(len(i1), dtype=np.float64), (r1 + r2 * n2, levels)), shape=(n2 * n2, n1)
-        ).tocsr()  # rows: Fortran-order positions of K's lower triangle
-        counts = np.diff(G.indptr)
-        self._rows = np.flatnonzero(counts)
+        self._i1, self._i2 = pairs_within_levels(below, k)
+        key = _index_array(n2 * n2, len(self._i1))  # each pair's position in K (r1 >= r2)
+        np.add(idx[self._i1] - n1, (idx[self._i2] - n1).astype(key.dtype) * n2, out=key)
+        self._rows, column = _compress(key, n2 * n2)
+        del key
         self._row_col = np.divmod(self._rows, n2)[::-1]  # (row, col) in K of each
         self._pair_weight = np.where(self._row_col[0] == self._row_col[1], 1.0, 2.0)
         self._off = np.flatnonzero(self._in_vector_block(self._rows))
         self._mirror = _mirror(self._rows[self._off], n2)
-        order = G.data.astype(np.int64)
-        self._i1, self._i2 = i1[order], i2[order]
-        self.G = sp.csr_matrix(
-            (np.zeros(len(order)), G.indices, np.r_[0, np.cumsum(counts[self._rows])]),
-            shape=(len(self._rows), n1),
+        self.GT = sp.csr_matrix(
+            (np.zeros(len(column)), column, np.r_[0, np.cumsum(k * (k + 1) // 2)]),
+            shape=(n1, len(self._rows)),
         )
         self._diag, self._below, self._cut = ptr[:n1].copy(), below, int(ptr[n1])
         self.A21 = sp.csc_matrix(
@@ -410,10 +408,15 @@ class MappedSchurFactor(SchurFactor):
         self._a21_cols = np.repeat(np.arange(n1), k)
         right_cols = np.repeat(np.arange(n2), np.diff(ptr[n1:]))
         self._a22_pos = (idx[self._cut :] - n1) + right_cols * n2
+        self._a22_row_col = (idx[self._cut :] - n1, right_cols)
         self._a22_off = np.flatnonzero(self._in_vector_block(self._a22_pos))
         self._a22_mirror = _mirror(self._a22_pos[self._a22_off], n2)
         self._pattern = (ptr, idx)
         self._squares = None
+
+    def _G_times(self, w: np.ndarray) -> np.ndarray:
+        """G w: at each position of ``_rows``, sum_s w_s A_js A_ks."""
+        return self.GT.T @ w
 
     def _in_vector_block(self, pos: np.ndarray) -> np.ndarray:
         """Which Fortran-order positions of S lie below the diagonal of one level's
@@ -429,7 +432,7 @@ class MappedSchurFactor(SchurFactor):
     def _mapped(self, w: np.ndarray, into: np.ndarray) -> np.ndarray:
         """into += A21 diag(w) A12 (n2 x n2, Fortran order): its lower triangle and the
         upper halves of vector terms' level blocks."""
-        v = self.G @ w
+        v = self._G_times(w)
         flat = into.reshape(-1, order="F")
         flat[self._rows] += v
         flat[self._mirror] += v[self._off]
@@ -461,14 +464,16 @@ class MappedSchurFactor(SchurFactor):
         self.LS = LS
         self._Sinv = self._Linv = self._Sinv_lower = self._Sinv_grad = self._Gm = None
 
-    def _scaled_K(self, w: np.ndarray, chunk: int = 256) -> np.ndarray:
-        """(lam lam') o K(w), lower triangle, in one pass over A22 (Lambda_2 diagonal)."""
+    def _scaled_K(self, w: np.ndarray) -> np.ndarray:
+        """(lam lam') o K(w), lower triangle, written entry by entry (Lambda_2 diagonal):
+        zeros, A22's stored entries, then the map's (both sparse in a dense S)."""
         S, lam = self._work("S"), self.lam
-        for c0 in range(0, self.n2, chunk):
-            c1 = min(self.n2, c0 + chunk)
-            np.multiply(self.A22[:, c0:c1], np.outer(lam, lam[c0:c1]), out=S[:, c0:c1])
+        S.fill(0.0)
+        flat = S.reshape(-1, order="F")
+        r, c = self._a22_row_col
+        flat[self._a22_pos] = self._a22_values * (lam[r] * lam[c])
         r, c = self._row_col
-        S.reshape(-1, order="F")[self._rows] -= (self.G @ w) * (lam[r] * lam[c])
+        flat[self._rows] -= self._G_times(w) * (lam[r] * lam[c])
         return S
 
     def _congruence(self, K: np.ndarray, transposed: bool = False) -> np.ndarray:
@@ -562,9 +567,9 @@ class MappedSchurFactor(SchurFactor):
             r, c = self._row_col
             Sinv = self.gradient_inverse_lower().reshape(-1, order="F")[self._rows]
             weight = self._pair_weight * self.lam[r] * self.lam[c]
-            return np.array([[float(np.sum((self.G @ w) * weight * Sinv))]])
+            return np.array([[float(np.sum(self._G_times(w) * weight * Sinv))]])
         Y = self.congruent_inverse().reshape(-1, order="F")  # Lambda_2 S^-1 Lambda_2'
-        return np.array([[float(np.sum((self.G @ w) * self._pair_weight * Y[self._rows]))]])
+        return np.array([[float(np.sum(self._G_times(w) * self._pair_weight * Y[self._rows]))]])
 
     def congruent_inverse(self) -> np.ndarray:
         """Gm = Lambda_2 S^-1 Lambda_2' (lower triangle valid), once per update, in the
@@ -655,12 +660,36 @@ def _inverse_residual(L: np.ndarray, X: np.ndarray) -> float:
 
 def pairs_within_levels(below: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions (i1 >= i2) in A.data of every pair of entries within one level's column
-    below the first block (k of them per level), level by level."""
+    below the first block (k of them per level), level by level (int32 where they fit:
+    these arrays are the largest of a model's set-up)."""
     rank = np.arange(len(below)) - np.repeat(np.cumsum(k) - k, k)  # position in column
-    i1 = np.repeat(below, rank + 1)  # each entry pairs with itself and those above it
-    start = np.repeat(below - rank, rank + 1)
-    within = np.arange(len(i1)) - np.repeat(np.cumsum(rank + 1) - (rank + 1), rank + 1)
-    return i1, start + within
+    count = rank + 1  # each entry pairs with itself and those above it
+    first = np.cumsum(count) - count  # where its pairs start
+    total = int(count.sum())
+    dtype = _index_array(int(below.max(initial=0)) + total + 1).dtype
+    i1 = np.repeat(below.astype(dtype), count)
+    i2 = np.repeat((below - rank - first).astype(dtype), count)
+    i2 += np.arange(total, dtype=dtype)
+    return i1, i2
+
+
+def _index_array(bound: int, size: int | None = None) -> np.ndarray:
+    """An empty integer array (of ``size``, default 0) whose dtype holds values below
+    ``bound``: int32 where it can."""
+    dtype = np.int32 if bound < 2**31 else np.int64
+    return np.empty(size or 0, dtype=dtype)
+
+
+def _compress(key: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the sorted distinct values of ``key``, each entry's index among them), by a
+    lookup table of ``bound`` entries (no sort)."""
+    seen = np.zeros(bound, dtype=bool)
+    seen[key] = True
+    values = np.flatnonzero(seen)
+    del seen
+    lookup = np.empty(bound, dtype=np.int32)
+    lookup[values] = np.arange(len(values), dtype=np.int32)
+    return values, lookup[key]
 
 
 def _level_squares(

@@ -51,8 +51,8 @@ def gradient(pls: PLS | IterativePLS, crit: Criterion, sol: PLSSolution) -> np.n
         return None
     u, b = pls.modes(sol)
     F = pls.F(sol)
-    Q = cp.ZtX - _A_times(pls, np.asarray(tmap.Lambda(sol.theta) @ F))
-    rz = cp.ZtY - cp.ZtX @ sol.beta - _A_times(pls, b)
+    Q = cp.ZtX - A_times(pls, np.asarray(tmap.Lambda(sol.theta) @ F))
+    rz = cp.ZtY - cp.ZtX @ sol.beta - A_times(pls, b)
     Cinv = np.linalg.inv(sol.RX.T @ sol.RX) if crit.p else np.zeros((0, 0))
     CF = F @ Cinv
     dlogM = dlogdet_M_entries(pls, sol.theta)
@@ -115,7 +115,7 @@ def forward_gradient(
     return out
 
 
-def _A_times(pls: PLS | IterativePLS, x: np.ndarray) -> np.ndarray:
+def A_times(pls: PLS | IterativePLS, x: np.ndarray) -> np.ndarray:
     """(Z'WZ) x with Z'WZ stored as its lower triangle."""
     A = pls.cp.ZtZ
     return np.asarray(A @ x + A.T @ x - A.diagonal().reshape(-1, *([1] * (x.ndim - 1))) * x)

@@ -24,7 +24,9 @@ from .condvar import conditional_variances
 from .crossprod import z_matrix
 from .errors import InputError
 from .gradient import forward_gradient, gradient, gradient_available
+from .information import average_information
 from .model import ModelData
+from .newton import BOUNDARY, CONVERGED, minimize_newton
 from .optimize import (
     Control,
     Diagnostic,
@@ -54,6 +56,7 @@ class LinearMixedModel:
         cp = data.cp
         self.criterion = Criterion(reml, cp.n, cp.XtX.shape[0], cp.sum_log_w)
         self._last: tuple[PLSSolution, np.ndarray | None] | None = None
+        self._values: dict[bytes, float] = {}  # objective at recent thetas
         self.evaluation_s: list[float] = []  # seconds of each PLS solve (+ its gradient)
 
     def solve(self, theta: np.ndarray) -> PLSSolution:
@@ -71,11 +74,22 @@ class LinearMixedModel:
 
     def objective(self, theta: np.ndarray) -> float:
         """The profiled ML deviance or REML criterion at ``theta`` (inf where the
-        system is numerically singular, e.g. an overparameterised model far out)."""
-        try:
-            return self.criterion(self.solve(theta))
-        except np.linalg.LinAlgError:
-            return math.inf
+        system is numerically singular, e.g. an overparameterised model far out).  The
+        last few values are remembered (the checks' polish asks again for the optimum's
+        after the gradients around it have moved the factor)."""
+        key = np.asarray(theta, dtype=np.float64).tobytes()
+        if key not in self._values:
+            try:
+                value = self.criterion(self.solve(theta))
+            except np.linalg.LinAlgError:
+                value = math.inf
+            self._remember(key, value)
+        return self._values[key]
+
+    def _remember(self, key: bytes, value: float) -> None:
+        if len(self._values) >= 8:
+            del self._values[next(iter(self._values))]
+        self._values[key] = value
 
     def objective_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """The objective and its gradient in theta (closed form, see ``gradient``;
@@ -85,6 +99,7 @@ class LinearMixedModel:
         except np.linalg.LinAlgError:
             return math.inf, np.zeros(len(theta))
         value = self.criterion(sol)
+        self._remember(np.asarray(theta, dtype=np.float64).tobytes(), value)
         assert self._last is not None
         if self._last[1] is not None:
             return value, self._last[1].copy()
@@ -97,18 +112,34 @@ class LinearMixedModel:
         self._last = (sol, grad.copy())
         return value, grad
 
+    def information(self, theta: np.ndarray) -> np.ndarray:
+        """The average information at theta (``information``): a Hessian of the
+        objective for Newton's method."""
+        assert isinstance(self.pls, PLS)
+        return average_information(self.pls, self.criterion, self.solve(theta))
+
     def _optimize(self, control: Control, progress: IterationProgress | None):
-        """L-BFGS-B with the closed-form gradient where available, on the log scale of
-        the variance parameters; near the boundary it goes on on the theta scale, and is
-        finished by BOBYQA when it stops on a bound: theta_j = 0 is a stationary point of
-        the objective (even in a scalar theta_j), where a gradient method can stall."""
+        """Newton's method with the closed-form gradient and the average information,
+        on the log scale of the variance parameters, where both are available; where it
+        heads for theta_j = 0 (a singular fit), BOBYQA from its last point; else, or
+        where it stops short, L-BFGS-B with the gradient; near the boundary that goes on
+        on the theta scale, and is finished by BOBYQA when it stops on a bound: theta_j =
+        0 is a stationary point of the objective (even in a scalar theta_j), where a
+        gradient method can stall."""
         lower, start, diagonal = self.tmap.lower(), self.tmap.start(), self.tmap.diagonal_mask()
         fg = self.objective_gradient if gradient_available(self.pls) else None
         if fg is None or not control.use_gradient:
             opt = minimize(self.objective, start, lower, control, progress, None)
             return opt, None, "Brent" if len(start) == 1 else "BOBYQA"
-        opt = minimize_log_scale(fg, start, diagonal, control, progress)
-        optimizer = "L-BFGS-B on log(theta) (closed-form gradient)"
+        opt, optimizer = self._newton(fg, start, diagonal, control, progress)
+        if opt is not None and opt.status == BOUNDARY:
+            opt = combined(opt, minimize(self.objective, opt.x, lower, control, progress, None))
+            return opt, None, optimizer + ("Brent" if len(start) == 1 else "BOBYQA")
+        if opt is None or opt.status != CONVERGED:
+            x0 = opt.x if opt is not None and math.isfinite(opt.fun) else start
+            searched = minimize_log_scale(fg, x0, diagonal, control, progress)
+            opt = searched if opt is None else combined(opt, searched)
+            optimizer += "L-BFGS-B on log(theta) (closed-form gradient)"
         if not math.isfinite(opt.fun) or stalled_near_zero(fg, opt.x, diagonal, control.gtol):
             x0 = opt.x if math.isfinite(opt.fun) else start
             opt = combined(opt, minimize(self.objective, x0, lower, control, progress, fg))
@@ -119,6 +150,17 @@ class LinearMixedModel:
         x0 = opt.x if math.isfinite(opt.fun) else start
         opt = combined(opt, minimize(self.objective, x0, lower, control, progress, None))
         return opt, None, optimizer + ", then BOBYQA at the boundary"
+
+    def _newton(self, fg, start: np.ndarray, diagonal: np.ndarray, control: Control, progress):
+        """Newton's method (``newton``) where the exact PLS gives the average information:
+        (its result or None, the optimizer's name so far)."""
+        if not isinstance(self.pls, PLS) or not control.newton:
+            return None, ""
+        opt = minimize_newton(
+            self.objective, fg, self.information, start, diagonal, control, progress
+        )
+        name = "Newton on log(theta) (closed-form gradient, average information)"
+        return opt, name if opt.status == CONVERGED else f"{name} ({opt.status}), then "
 
     def fit(
         self, control: Control = Control(), progress: IterationProgress | None = None

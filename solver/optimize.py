@@ -61,6 +61,10 @@ class Control:
     # where the line search then spent 6 evaluations finding no decrease)
     lbfgs_ftol: float = 1e-11
     initial_step: float | None = None  # BOBYQA's first trust radius (None: NLopt's choice)
+    # Newton's method (LMMs, ``newton``) stops when its next step would lower f by less
+    # than this relative amount; the checks' polish then takes about that step
+    newton_tol: float = 1e-9
+    newton: bool = True  # LMMs: Newton's method where the average information is offered
 
 
 @dataclass(frozen=True)
@@ -486,10 +490,14 @@ def _newton_polish(
         return x
     trial = x.copy()
     trial[free] = x[free] - step
-    if np.any(trial < lower) or np.max(np.abs(step)) > 1e-2 * max(1.0, np.max(np.abs(x))):
+    size, scale = float(np.max(np.abs(step))), max(1.0, float(np.max(np.abs(x))))
+    if np.any(trial < lower) or size > 1e-2 * scale or size < POLISH_FROM * scale:
         return x
     base = f(x[free])
     return trial if f(trial[free]) <= base + 1e-12 * abs(base) else x
+
+
+POLISH_FROM = 1e-8  # a smaller polishing step is below what the objective resolves
 
 
 def _gradient_check(grad: np.ndarray, hess: np.ndarray, control: Control) -> list[Diagnostic]:

@@ -76,7 +76,7 @@ def test_optimizer_trace(tmp_path: Path) -> None:
     trace: list[float] = []
     solver.fit("Reaction ~ Days + (Days | Subject)", str(DATA / "sleepstudy.parquet"),
                progress=lambda k, value: trace.append(value))  # fmt: skip
-    assert len(trace) > 5
+    assert len(trace) >= 4
     out = plots.optimizer_trace(trace, tmp_path / "trace.png")
     assert png_size(out) == plots.DEFAULT_SIZE and out.stat().st_size > 1000
 
