@@ -357,14 +357,17 @@ class MappedSchurFactor(SchurFactor):
             A.sort_indices()
         if not self._same_pattern(A):
             self._build_map(A)
-            self.A22 = np.zeros((self.n2, self.n2), order="F")  # then only its pattern is set
+            if not self.diagonal:  # the congruence starts from a dense copy of A22
+                self.A22 = np.zeros((self.n2, self.n2), order="F")  # then only its pattern is set
         data = A.data
         self.a = data[self._diag]  # diagonal of A11: first entry of each level's column
-        self.GT.data = data[self._i1] * data[self._i2]
-        flat = self.A22.reshape(-1, order="F")
+        for c in _chunks(len(self._i1)):  # (no full-size temporaries: fresh pages are slow)
+            np.multiply(data[self._i1[c]], data[self._i2[c]], out=self.GT.data[c])
         self._a22_values = data[self._cut :]  # lower triangle of A22
-        flat[self._a22_pos] = self._a22_values
-        flat[self._a22_mirror] = data[self._cut :][self._a22_off]
+        if not self.diagonal:
+            flat = self.A22.reshape(-1, order="F")
+            flat[self._a22_pos] = self._a22_values
+            flat[self._a22_mirror] = self._a22_values[self._a22_off]
         self.A21.data = data[self._below]
 
     def _same_pattern(self, A: sp.csc_matrix) -> bool:
@@ -390,7 +393,10 @@ class MappedSchurFactor(SchurFactor):
         below = np.setdiff1d(np.arange(ptr[n1]), ptr[:n1], assume_unique=True)
         self._i1, self._i2 = pairs_within_levels(below, k)
         key = _index_array(n2 * n2, len(self._i1))  # each pair's position in K (r1 >= r2)
-        np.add(idx[self._i1] - n1, (idx[self._i2] - n1).astype(key.dtype) * n2, out=key)
+        for c in _chunks(len(key)):
+            np.add(
+                idx[self._i1[c]] - n1, (idx[self._i2[c]] - n1).astype(key.dtype) * n2, out=key[c]
+            )
         self._rows, column = _compress(key, n2 * n2)
         del key
         self._row_col = np.divmod(self._rows, n2)[::-1]  # (row, col) in K of each
@@ -429,10 +435,9 @@ class MappedSchurFactor(SchurFactor):
         col, row = np.divmod(pos, self.n2)
         return (row != col) & (block[row] == block[col])
 
-    def _mapped(self, w: np.ndarray, into: np.ndarray) -> np.ndarray:
-        """into += A21 diag(w) A12 (n2 x n2, Fortran order): its lower triangle and the
-        upper halves of vector terms' level blocks."""
-        v = self._G_times(w)
+    def _mapped(self, v: np.ndarray, into: np.ndarray) -> np.ndarray:
+        """into += A21 diag(w) A12 (n2 x n2, Fortran order) given v = G w: its lower
+        triangle and the upper halves of vector terms' level blocks."""
         flat = into.reshape(-1, order="F")
         flat[self._rows] += v
         flat[self._mirror] += v[self._off]
@@ -448,14 +453,17 @@ class MappedSchurFactor(SchurFactor):
         self.T, self.lam = T, Lambda2.diagonal()  # lam: Lambda_2 itself when diagonal
         BD = self.A21.copy()
         BD.data = BD.data * (theta1 / d)[self._a21_cols]
+        # one pass over the map for K's correction G (t2 / d) and the gradient's H
+        mapped = self._G_times(np.column_stack([t2 / d, t2 / (d * d)]))
+        correction, self._H = mapped[:, 0], mapped[:, 1]
         if self.diagonal:
-            S = self._scaled_K(t2 / d)
+            S = self._scaled_K(correction)
             BD.data *= self.lam[BD.indices]
             self.BD = sp.csc_matrix(BD)
         else:
             K = self._work("S")
             np.copyto(K, self.A22)
-            S = self._congruence(self._mapped(-t2 / d, K))
+            S = self._congruence(self._mapped(-correction, K))
             self.BD = sp.csc_matrix(Lambda2.T @ BD)
         S[np.diag_indices_from(S)] += 1.0
         LS, info = lapack.dpotrf(S, lower=1, clean=0, overwrite_a=1)
@@ -464,16 +472,17 @@ class MappedSchurFactor(SchurFactor):
         self.LS = LS
         self._Sinv = self._Linv = self._Sinv_lower = self._Sinv_grad = self._Gm = None
 
-    def _scaled_K(self, w: np.ndarray) -> np.ndarray:
+    def _scaled_K(self, correction: np.ndarray) -> np.ndarray:
         """(lam lam') o K(w), lower triangle, written entry by entry (Lambda_2 diagonal):
-        zeros, A22's stored entries, then the map's (both sparse in a dense S)."""
+        zeros, A22's stored entries, then the map's correction G w (both sparse in a
+        dense S)."""
         S, lam = self._work("S"), self.lam
         S.fill(0.0)
         flat = S.reshape(-1, order="F")
         r, c = self._a22_row_col
         flat[self._a22_pos] = self._a22_values * (lam[r] * lam[c])
         r, c = self._row_col
-        flat[self._rows] -= self._G_times(w) * (lam[r] * lam[c])
+        flat[self._rows] -= correction * (lam[r] * lam[c])
         return S
 
     def _congruence(self, K: np.ndarray, transposed: bool = False) -> np.ndarray:
@@ -559,17 +568,17 @@ class MappedSchurFactor(SchurFactor):
         return [self.Dinv.sum(axis=0) + self.first_trace(), *trailing]
 
     def first_trace(self) -> np.ndarray:
-        """[[tr(S^-1 B D^-2 B')]] = < Lambda_2 S^-1 Lambda_2', H >, H = G (theta_1^2/d^2),
-        a sum over the lower-triangle positions G reaches (off-diagonal ones twice): with
-        Lambda_2 diagonal (lam) by scaling, else by the congruence done in place on S^-1."""
-        w = self.theta1**2 / self.d**2
+        """[[tr(S^-1 B D^-2 B')]] = < Lambda_2 S^-1 Lambda_2', H >, H = G (theta_1^2/d^2)
+        (mapped with K at the update), a sum over the lower-triangle positions G reaches
+        (off-diagonal ones twice): with Lambda_2 diagonal (lam) by scaling, else by the
+        congruence done in place on S^-1."""
         if self.diagonal:
             r, c = self._row_col
             Sinv = self.gradient_inverse_lower().reshape(-1, order="F")[self._rows]
             weight = self._pair_weight * self.lam[r] * self.lam[c]
-            return np.array([[float(np.sum(self._G_times(w) * weight * Sinv))]])
+            return np.array([[float(np.sum(self._H * weight * Sinv))]])
         Y = self.congruent_inverse().reshape(-1, order="F")  # Lambda_2 S^-1 Lambda_2'
-        return np.array([[float(np.sum(self._G_times(w) * self._pair_weight * Y[self._rows]))]])
+        return np.array([[float(np.sum(self._H * self._pair_weight * Y[self._rows]))]])
 
     def congruent_inverse(self) -> np.ndarray:
         """Gm = Lambda_2 S^-1 Lambda_2' (lower triangle valid), once per update, in the
@@ -671,6 +680,11 @@ def pairs_within_levels(below: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, n
     i2 = np.repeat((below - rank - first).astype(dtype), count)
     i2 += np.arange(total, dtype=dtype)
     return i1, i2
+
+
+def _chunks(n: int, size: int = 1 << 18) -> list[slice]:
+    """Slices of ``size`` covering range(n)."""
+    return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
 
 def _index_array(bound: int, size: int | None = None) -> np.ndarray:
