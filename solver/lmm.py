@@ -43,6 +43,7 @@ from .results import FitResult, build_result, ranef_table
 from .sources import Source
 
 IterationProgress = Callable[[int, float], None]
+NEWTON = "Newton on log(theta) (closed-form gradient, average information)"
 
 
 class LinearMixedModel:
@@ -57,6 +58,7 @@ class LinearMixedModel:
         self.criterion = Criterion(reml, cp.n, cp.XtX.shape[0], cp.sum_log_w)
         self._last: tuple[PLSSolution, np.ndarray | None] | None = None
         self._values: dict[bytes, float] = {}  # objective at recent thetas
+        self._best: PLSSolution | None = None  # the lowest objective solved for
         self.evaluation_s: list[float] = []  # seconds of each PLS solve (+ its gradient)
 
     def solve(self, theta: np.ndarray) -> PLSSolution:
@@ -70,7 +72,18 @@ class LinearMixedModel:
         sol = self.pls.solve(theta)
         self.evaluation_s.append(time.perf_counter() - started)
         self._last = (sol, None)
+        if self._best is None or self.criterion(sol) < self.criterion(self._best):
+            self._best = sol
         return sol
+
+    def solution(self, theta: np.ndarray) -> PLSSolution:
+        """The PLS solution at theta, without refactoring when it is the best point seen
+        (the optimum, after the checks' gradients around it have moved the factor: the
+        factor then need not hold theta; ``solve`` makes it)."""
+        best = self._best
+        if best is not None and np.array_equal(best.theta, theta):
+            return best
+        return self.solve(theta)
 
     def objective(self, theta: np.ndarray) -> float:
         """The profiled ML deviance or REML criterion at ``theta`` (inf where the
@@ -159,7 +172,7 @@ class LinearMixedModel:
         opt = minimize_newton(
             self.objective, fg, self.information, start, diagonal, control, progress
         )
-        name = "Newton on log(theta) (closed-form gradient, average information)"
+        name = NEWTON
         return opt, name if opt.status == CONVERGED else f"{name} ({opt.status}), then "
 
     def fit(
@@ -174,7 +187,7 @@ class LinearMixedModel:
         checks, theta = checked.checks, checked.x
         if not opt.status.startswith("converged"):
             checks.append(Diagnostic("optimizer", "warning", opt.status))
-        sol = self.solve(theta)
+        sol = self.solution(theta)
         if isinstance(sol, IterativeSolution):
             checks.extend(_iterative_notes(sol))
         result = build_result(self, sol, checks, opt.evaluations, optimizer)

@@ -7,7 +7,12 @@ D = diag(x_j where diagonal, 1 elsewhere):
     g_y = D g,     H_y = D H D + diag(g_y on the diagonal elements)     (chain rule)
     step = -H_y^-1 g_y,   at most RADIUS long in each y_j,  halved (x 1/4) until
     f(y + t step) <= f(y) + ARMIJO t g_y'step
-    stop when the predicted decrease -g_y'step / 2 <= tol * max(1, |f|)
+    stop when the predicted decrease -g_y'step / 2 <= tol (``Control.newton_tol``), or
+    when a step that f rejects would lower it by less than its rounding error
+
+The predicted decrease is half the squared norm of lme4's scaled gradient (g'H^-1 g
+with the Cholesky factor of H), so a tol well below tol_grad^2 / 2 leaves the
+convergence check nothing to do.
 
 For LMMs H is the average information (``information``): near the optimum it is the
 observed Hessian to a few per cent, so each step cuts the error in y by about that
@@ -42,6 +47,7 @@ RADIUS = 3.0  # largest change of one y_j per step (a factor e^3 ~ 20 in theta_j
 ARMIJO = 1e-4
 MAX_ITERATIONS = 50
 BACKTRACKS = 6
+ROUNDING = 1e-11  # relative change of f below which its rounding may hide a decrease
 CONVERGED = "converged"
 BOUNDARY = "heading for the boundary"
 
@@ -73,7 +79,7 @@ def minimize_newton(
         if step is None:
             return OptimResult(x, value, len(trace), "no positive definite Hessian", trace)
         slope = float(g_y @ step)
-        if -slope / 2 <= control.newton_tol * max(1.0, abs(value)):
+        if -slope / 2 <= control.newton_tol:
             return OptimResult(x, value, len(trace), CONVERGED, trace)
         t = min(1.0, RADIUS / float(np.max(np.abs(step))))
         for _ in range(BACKTRACKS):
@@ -84,6 +90,8 @@ def minimize_newton(
                 progress(len(trace), trial_value)
             if trial_value <= value + ARMIJO * t * slope:
                 break
+            if -slope * t <= ROUNDING * max(1.0, abs(value)):  # f cannot tell: done
+                return OptimResult(x, value, len(trace), CONVERGED, trace)
             t /= 4
         else:
             return OptimResult(x, value, len(trace), "Newton step could not go down", trace)

@@ -62,8 +62,8 @@ class Control:
     lbfgs_ftol: float = 1e-11
     initial_step: float | None = None  # BOBYQA's first trust radius (None: NLopt's choice)
     # Newton's method (LMMs, ``newton``) stops when its next step would lower f by less
-    # than this relative amount; the checks' polish then takes about that step
-    newton_tol: float = 1e-9
+    # than this: lme4's scaled gradient then has norm sqrt(2e-7) ~ tol_grad / 4.5
+    newton_tol: float = 1e-7
     newton: bool = True  # LMMs: Newton's method where the average information is offered
 
 
@@ -480,7 +480,8 @@ def _newton_polish(
     grad: np.ndarray,
     hess: np.ndarray,
 ) -> np.ndarray:
-    """One Newton step from the optimizer's answer, kept if it does not go uphill.
+    """One Newton step from the optimizer's answer, kept if it does not go uphill (not
+    tried where it is below what the objective resolves).
 
     BOBYQA stops within its tolerances; the step, from derivatives the checks
     computed anyway, removes most of what is left, so that fits of the same data
