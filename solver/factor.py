@@ -34,6 +34,7 @@ from sksparse.cholmod import CholmodNotPositiveDefiniteError, analyze
 from .crossprod import TermLayout
 
 MAX_DENSE_SCHUR = 6000
+SMALL_SCHUR = 1000  # a trailing block this small is taken as dense without looking
 TRACE_CHUNK = 4096  # levels of the first term per block of X (B D^-1)
 # below, one thread: two spinning BLAS threads on a busy 2-core machine cost 4-10x
 DENSE_THREADS_FROM = 1000
@@ -420,6 +421,15 @@ class MappedSchurFactor(SchurFactor):
         self._pattern = (ptr, idx)
         self._squares = None
 
+    def schur_density(self) -> float:
+        """Share of non-zeros in the pattern of S (A22's and the map's positions, both
+        halves), 1 for n2 <= SMALL_SCHUR: ``pls._schur_density`` without a product."""
+        if self.n2 <= SMALL_SCHUR:
+            return 1.0
+        lower = np.union1d(self._rows, self._a22_pos)
+        diagonal = int(np.count_nonzero(lower % (self.n2 + 1) == 0))
+        return (2 * len(lower) - diagonal) / float(self.n2) ** 2
+
     def _G_times(self, w: np.ndarray) -> np.ndarray:
         """G w: at each position of ``_rows``, sum_s w_s A_js A_ks."""
         return self.GT.T @ w
@@ -529,11 +539,8 @@ class MappedSchurFactor(SchurFactor):
             return self.schur_inverse_lower()
         if self._Sinv_grad is None:
             X32 = _triangular_inverse_gram(self.LS, self._work("Sinv32", np.float32))
-            X = self._work("Sinv")
-            self._Gm = None  # it lives in the same buffer
-            np.copyto(X, X32)
-            ok = _inverse_residual(self.LS, X) <= SINGLE_RESIDUAL
-            self._Sinv_grad = X if ok else self.schur_inverse_lower()
+            ok = _inverse_residual(self.LS, X32) <= SINGLE_RESIDUAL
+            self._Sinv_grad = X32 if ok else self.schur_inverse_lower()
         return self._Sinv_grad
 
     def allow_single_precision(self, allow: bool) -> None:
@@ -548,7 +555,8 @@ class MappedSchurFactor(SchurFactor):
     def _work(self, name: str, dtype: type = np.float64) -> np.ndarray:
         """A dense n2 x n2 Fortran-order buffer kept across updates (a fresh one each
         theta cost its page faults: ~0.1 s at n2 = 5,000): "S" holds K, then S, then
-        L_S; "Sinv" S^-1 (then Lambda_2 S^-1 Lambda_2'); "Sinv32" its single-precision copy."""
+        L_S; "Sinv" S^-1 (then Lambda_2 S^-1 Lambda_2'); "Sinv32" the gradient's
+        single-precision S^-1."""
         buf = self._buffers.get(name)
         if buf is None:
             buf = self._buffers[name] = np.empty((self.n2, self.n2), dtype=dtype, order="F")
@@ -615,6 +623,11 @@ class MappedSchurFactor(SchurFactor):
         """The gradient's S^-1, to be overwritten: the caches held in it are dropped (the
         symmetric ``_Sinv`` is a copy and stays)."""
         Y = self.gradient_inverse_lower()
+        if Y.dtype != np.float64:  # the single-precision S^-1, into the double buffer
+            self._Gm = None  # it lives there
+            X = self._work("Sinv")
+            np.copyto(X, Y)
+            Y = X
         if Y is self._Sinv_lower:
             self._Sinv_lower = None
         self._Sinv_grad = None
@@ -628,7 +641,7 @@ class MappedSchurFactor(SchurFactor):
         out = np.empty((p, p))
         for a in range(p):
             for c in range(a + 1):
-                out[a, c] = out[c, a] = Sinv[base + a, base + c].sum()
+                out[a, c] = out[c, a] = Sinv[base + a, base + c].sum(dtype=np.float64)
         return out
 
 
@@ -660,9 +673,12 @@ def _triangular_inverse_gram(L: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 def _inverse_residual(L: np.ndarray, X: np.ndarray) -> float:
     """|L L' X v - v| / |v| for a fixed pseudo-random v, X symmetric given by its lower
-    triangle: how far X is from (L L')^-1 (O(n^2))."""
+    triangle (double or single precision): how far X is from (L L')^-1 (O(n^2))."""
     v = np.random.default_rng(0).standard_normal(L.shape[0])
-    y = blas.dsymv(1.0, X, v, lower=1)
+    if X.dtype == np.float32:
+        y = np.asarray(blas.ssymv(1.0, X, v.astype(np.float32), lower=1), dtype=np.float64)
+    else:
+        y = blas.dsymv(1.0, X, v, lower=1)
     r = blas.dtrmv(L, blas.dtrmv(L, y, lower=1, trans=1), lower=1) - v
     return float(np.linalg.norm(r) / np.linalg.norm(v))
 

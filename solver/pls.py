@@ -31,6 +31,7 @@ from .crossprod import CrossProducts, TermLayout
 from .errors import InputError
 from .factor import (
     MAX_DENSE_SCHUR,
+    SMALL_SCHUR,
     CholmodFactor,
     MappedSchurFactor,
     SchurFactor,
@@ -38,6 +39,7 @@ from .factor import (
 )
 
 MAX_DENSE_BYTES = 4 * 2**30  # a trailing block that fills in densely beyond this is refused
+SCHUR_DENSE = 0.05  # a denser pattern of S fills in anyway: factor it dense
 
 
 class FactorTooLarge(InputError):
@@ -261,9 +263,13 @@ class PLS:
 
 def choose_factor(M0: sp.csc_matrix, A: sp.csc_matrix, tmap: ThetaMap, ordering: str):
     """The factor ``plan_factor`` chooses, built (``FactorTooLarge`` where it cannot be)."""
-    kind, how = plan_factor(M0, A, tmap, ordering)
     layout = tmap.layout
     n1 = layout.p[0] * layout.nlevels[0]
+    if _mapped_candidate(A, layout, n1, ordering):  # its map gives the density for free
+        mapped = MappedSchurFactor(A, n1, trailing_terms(layout, n1))
+        if ordering == "schur" or mapped.schur_density() >= SCHUR_DENSE:
+            return mapped
+    kind, how = plan_factor(M0, A, tmap, ordering)
     if kind == "mapped":
         return MappedSchurFactor(A, n1, trailing_terms(layout, n1))
     if kind == "schur":
@@ -288,12 +294,19 @@ def plan_factor(
     if ordering not in ("auto", "schur"):
         return "cholmod", ordering
     density = 1.0 if ordering == "schur" else _schur_density(M0, n1)
-    if n2 <= MAX_DENSE_SCHUR and density >= 0.05:
-        mapped = layout.p[0] == 1 and n2 > 0 and MappedSchurFactor.fits(A, n1)
-        return ("mapped" if mapped else "schur"), ""
+    if n2 <= MAX_DENSE_SCHUR and density >= SCHUR_DENSE:
+        return ("mapped" if _mapped_candidate(A, layout, n1, ordering) else "schur"), ""
     if density >= 0.01 and 4.0 * n2 * n2 > MAX_DENSE_BYTES:
         raise _too_large(n2)
     return "cholmod", "metis"
+
+
+def _mapped_candidate(A: sp.csc_matrix, layout: TermLayout, n1: int, ordering: str) -> bool:
+    """A scalar first term, a trailing block small enough to be dense and a pair map
+    that stays small: ``MappedSchurFactor`` if S is also dense enough."""
+    n2 = layout.q - n1
+    small = 0 < n2 <= MAX_DENSE_SCHUR and ordering in ("auto", "schur")
+    return small and layout.p[0] == 1 and MappedSchurFactor.fits(A, n1)
 
 
 def exact_or_iterative(layout: TermLayout, ordering: str, exact, iterative):
@@ -332,9 +345,10 @@ def _too_large(n2: int) -> FactorTooLarge:
 
 
 def _schur_density(M0: sp.csc_matrix, n1: int) -> float:
-    """Share of non-zeros in the pattern of M22 + B B' (before any further fill)."""
+    """Share of non-zeros in the pattern of M22 + B B' (before any further fill); 1 for
+    a small block (``MappedSchurFactor.schur_density`` reads it off its map)."""
     n2 = M0.shape[0] - n1
-    if n2 <= 1000:
+    if n2 <= SMALL_SCHUR:
         return 1.0
     B = (M0[n1:, :n1] != 0).astype(np.float64)
     pattern = (B @ B.T) + (M0[n1:, n1:] != 0) + (M0[n1:, n1:] != 0).T
