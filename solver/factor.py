@@ -674,7 +674,7 @@ def _triangular_inverse_gram(L: np.ndarray, out: np.ndarray) -> np.ndarray:
 def _inverse_residual(L: np.ndarray, X: np.ndarray) -> float:
     """|L L' X v - v| / |v| for a fixed pseudo-random v, X symmetric given by its lower
     triangle (double or single precision): how far X is from (L L')^-1 (O(n^2))."""
-    v = np.random.default_rng(0).standard_normal(L.shape[0])
+    v = np.asarray(np.random.default_rng(0).standard_normal(L.shape[0]), dtype=np.float64)
     if X.dtype == np.float32:
         y = np.asarray(blas.ssymv(1.0, X, v.astype(np.float32), lower=1), dtype=np.float64)
     else:
