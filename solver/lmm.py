@@ -41,6 +41,7 @@ from .pls_iterative import IterativePLS, IterativeSolution
 from .predict import predict
 from .results import FitResult, build_result, ranef_table
 from .sources import Source
+from .start import one_term_starts
 
 IterationProgress = Callable[[int, float], None]
 NEWTON = "Newton on log(theta) (closed-form gradient, average information)"
@@ -165,14 +166,17 @@ class LinearMixedModel:
         return opt, None, optimizer + ", then BOBYQA at the boundary"
 
     def _newton(self, fg, start: np.ndarray, diagonal: np.ndarray, control: Control, progress):
-        """Newton's method (``newton``) where the exact PLS gives the average information:
-        (its result or None, the optimizer's name so far)."""
+        """Newton's method (``newton``) where the exact PLS gives the average information,
+        from one-term fits' start where every term is scalar (``start``), else from
+        lme4's: (its result or None, the optimizer's name so far)."""
         if not isinstance(self.pls, PLS) or not control.newton:
             return None, ""
+        x0 = one_term_starts(self.pls.cp, self.tmap, self.criterion)
+        name = NEWTON if x0 is None else NEWTON + " from one-term fits"
         opt = minimize_newton(
-            self.objective, fg, self.information, start, diagonal, control, progress
-        )
-        name = NEWTON
+            self.objective, fg, self.information, start if x0 is None else x0, diagonal,
+            control, progress,
+        )  # fmt: skip
         return opt, name if opt.status == CONVERGED else f"{name} ({opt.status}), then "
 
     def fit(
