@@ -426,7 +426,9 @@ class MappedSchurFactor(SchurFactor):
         halves), 1 for n2 <= SMALL_SCHUR: ``pls._schur_density`` without a product."""
         if self.n2 <= SMALL_SCHUR:
             return 1.0
-        lower = np.union1d(self._rows, self._a22_pos)
+        rows, a22 = self._rows, self._a22_pos  # (rows sorted and distinct)
+        at = np.minimum(np.searchsorted(rows, a22), len(rows) - 1)
+        lower = np.concatenate([rows, np.unique(a22[rows[at] != a22])])
         diagonal = int(np.count_nonzero(lower % (self.n2 + 1) == 0))
         return (2 * len(lower) - diagonal) / float(self.n2) ** 2
 
@@ -487,7 +489,7 @@ class MappedSchurFactor(SchurFactor):
         zeros, A22's stored entries, then the map's correction G w (both sparse in a
         dense S)."""
         S, lam = self._work("S"), self.lam
-        S.fill(0.0)
+        _zero_lower(S)
         flat = S.reshape(-1, order="F")
         r, c = self._a22_row_col
         flat[self._a22_pos] = self._a22_values * (lam[r] * lam[c])
@@ -559,7 +561,7 @@ class MappedSchurFactor(SchurFactor):
         single-precision S^-1."""
         buf = self._buffers.get(name)
         if buf is None:
-            buf = self._buffers[name] = np.empty((self.n2, self.n2), dtype=dtype, order="F")
+            buf = self._buffers[name] = np.zeros((self.n2, self.n2), dtype=dtype, order="F")
         return buf
 
     def schur_inverse(self) -> np.ndarray:
@@ -696,6 +698,13 @@ def pairs_within_levels(below: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, n
     i2 = np.repeat((below - rank - first).astype(dtype), count)
     i2 += np.arange(total, dtype=dtype)
     return i1, i2
+
+
+def _zero_lower(S: np.ndarray, block: int = 128) -> None:
+    """Zero the lower triangle of a Fortran-order S, block column by block column (the
+    rest is never written: the entries and L_S live below the diagonal)."""
+    for c0 in range(0, S.shape[1], block):
+        S[c0:, c0 : c0 + block] = 0.0
 
 
 def _chunks(n: int, size: int = 1 << 18) -> list[slice]:
