@@ -393,7 +393,7 @@ class MappedSchurFactor(SchurFactor):
         k = np.diff(ptr[: n1 + 1]) - 1  # entries below the first block, per level
         below = np.setdiff1d(np.arange(ptr[n1]), ptr[:n1], assume_unique=True)
         self._i1, self._i2 = pairs_within_levels(below, k)
-        key = _index_array(n2 * n2, len(self._i1))  # each pair's position in K (r1 >= r2)
+        key = np.empty(len(self._i1), _index_dtype(n2 * n2))  # pair's position in K (r1 >= r2)
         for c in _chunks(len(key)):
             np.add(
                 idx[self._i1[c]] - n1, (idx[self._i2[c]] - n1).astype(key.dtype) * n2, out=key[c]
@@ -693,7 +693,7 @@ def pairs_within_levels(below: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, n
     count = rank + 1  # each entry pairs with itself and those above it
     first = np.cumsum(count) - count  # where its pairs start
     total = int(count.sum())
-    dtype = _index_array(int(below.max(initial=0)) + total + 1).dtype
+    dtype = _index_dtype(int(below.max(initial=0)) + total + 1)
     i1 = np.repeat(below.astype(dtype), count)
     i2 = np.repeat((below - rank - first).astype(dtype), count)
     i2 += np.arange(total, dtype=dtype)
@@ -712,11 +712,9 @@ def _chunks(n: int, size: int = 1 << 18) -> list[slice]:
     return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
 
-def _index_array(bound: int, size: int | None = None) -> np.ndarray:
-    """An empty integer array (of ``size``, default 0) whose dtype holds values below
-    ``bound``: int32 where it can."""
-    dtype = np.int32 if bound < 2**31 else np.int64
-    return np.empty(size or 0, dtype=dtype)
+def _index_dtype(bound: int) -> np.dtype:
+    """An integer dtype for values below ``bound``: int32 where it can."""
+    return np.dtype(np.int32 if bound < 2**31 else np.int64)
 
 
 def _compress(key: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
@@ -726,9 +724,15 @@ def _compress(key: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
     seen[key] = True
     values = np.flatnonzero(seen)
     del seen
-    lookup = np.empty(bound, dtype=np.int32)
-    lookup[values] = np.arange(len(values), dtype=np.int32)
-    return values, lookup[key]
+    return values, _position_lookup(values, bound)[key]
+
+
+def _position_lookup(positions: np.ndarray, bound: int) -> np.ndarray:
+    """A table of ``bound`` entries giving each of ``positions`` its index among them
+    (int32; 4 bound bytes, held only while it is used)."""
+    lookup = np.zeros(bound, dtype=np.int32)
+    lookup[positions] = np.arange(len(positions), dtype=np.int32)
+    return lookup
 
 
 def _level_squares(
@@ -742,8 +746,7 @@ def _level_squares(
     rep = k[col]  # partners of each entry: the entries of its column
     indptr = np.r_[0, np.cumsum(rep)]
     indices, src = np.empty(indptr[-1], np.int32), np.empty(indptr[-1], np.int32)
-    lookup = np.zeros(n2 * n2, np.int32)  # position -> its index in ``positions``
-    lookup[positions] = np.arange(len(positions), dtype=np.int32)
+    lookup = _position_lookup(positions, n2 * n2)
     cuts = np.unique(np.r_[np.searchsorted(indptr, np.arange(0, indptr[-1], chunk)), len(col)])
     for e0, e1 in zip(cuts[:-1], cuts[1:]):
         e = np.arange(e0, e1)

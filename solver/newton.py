@@ -1,7 +1,7 @@
 """Newton's method on the log scale of theta, with a Hessian the model supplies.
 
 Over y (y_j = log x_j for the diagonal elements of the T_k, y_j = x_j off the
-diagonal; ``optimize._to_log``), with g and H the gradient and Hessian in x and
+diagonal; ``optimize.to_log``), with g and H the gradient and Hessian in x and
 D = diag(x_j where diagonal, 1 elsewhere):
 
     g_y = D g,     H_y = D H D + diag(g_y on the diagonal elements)     (chain rule)
@@ -31,14 +31,14 @@ import numpy as np
 
 from .optimize import (
     LOG_FLOOR,
-    NEAR_ZERO,
     Control,
     Objective,
     ObjectiveGrad,
     OptimResult,
     Progress,
-    _from_log,
-    _to_log,
+    counted,
+    from_log,
+    to_log,
 )
 
 Hessian = Callable[[np.ndarray], np.ndarray]
@@ -48,6 +48,7 @@ ARMIJO = 1e-4
 MAX_ITERATIONS = 50
 BACKTRACKS = 6
 ROUNDING = 1e-11  # relative change of f below which its rounding may hide a decrease
+BOUNDARY_FROM = 5e-4  # a diagonal theta_j below this (times the largest) heads for 0
 CONVERGED = "converged"
 BOUNDARY = "heading for the boundary"
 
@@ -61,19 +62,18 @@ def minimize_newton(
     control: Control = Control(),
     progress: Progress | None = None,
 ) -> OptimResult:
-    """Minimize f from x0 by Newton steps on the log scale (module docstring): trial
-    points cost f alone, accepted ones then fg (a memoizing objective makes that its
-    gradient only) and hess."""
+    """Minimize f from x0 by Newton steps on the log scale (module docstring): each
+    point costs f, accepted ones then fg (a memoizing objective makes that its gradient
+    only) and hess."""
     trace: list[float] = []
+    f = counted(f, progress, trace)
     x = np.asarray(x0, dtype=np.float64)
-    value, g = fg(x)
-    trace.append(value)
-    if progress is not None:
-        progress(len(trace), value)
+    value = f(x)
+    _, g = fg(x)
     for _ in range(MAX_ITERATIONS):
         if not np.isfinite(value) or _near_zero(x, diagonal):
             return OptimResult(x, value, len(trace), BOUNDARY, trace)
-        y = _to_log(x, diagonal)
+        y = to_log(x, diagonal)
         g_y, DHD, chain = _log_scale(x, g, hess(x), diagonal)
         step = _descent(g_y, DHD, chain)
         if step is None:
@@ -83,11 +83,8 @@ def minimize_newton(
             return OptimResult(x, value, len(trace), CONVERGED, trace)
         t = min(1.0, RADIUS / float(np.max(np.abs(step))))
         for _ in range(BACKTRACKS):
-            trial = _from_log(y + t * step, diagonal)
+            trial = from_log(y + t * step, diagonal)
             trial_value = f(trial)
-            trace.append(trial_value)
-            if progress is not None:
-                progress(len(trace), trial_value)
             if trial_value <= value + ARMIJO * t * slope:
                 break
             if -slope * t <= ROUNDING * max(1.0, abs(value)):  # f cannot tell: done
@@ -95,8 +92,8 @@ def minimize_newton(
             t /= 4
         else:
             return OptimResult(x, value, len(trace), "Newton step could not go down", trace)
-        x = trial
-        value, g = fg(x)
+        x, value = trial, trial_value
+        _, g = fg(x)
     return OptimResult(x, value, len(trace), "maximum number of Newton steps", trace)
 
 
@@ -128,5 +125,5 @@ def _near_zero(x: np.ndarray, diagonal: np.ndarray) -> bool:
     if not diagonal.any():
         return False
     top = max(1.0, float(np.max(x[diagonal])))
-    small = x[diagonal] < min(NEAR_ZERO * 1e-2, 1e-3) * top
+    small = x[diagonal] < BOUNDARY_FROM * top
     return bool(small.any() or np.any(x[diagonal] <= LOG_FLOOR * 10))

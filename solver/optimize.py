@@ -76,7 +76,7 @@ class OptimResult:
     trace: list[float] = field(default_factory=list)
 
 
-def _counted(f: Objective, progress: Progress | None, trace: list[float]) -> Objective:
+def counted(f: Objective, progress: Progress | None, trace: list[float]) -> Objective:
     def wrapped(x: np.ndarray) -> float:
         value = float(f(np.asarray(x, dtype=np.float64)))
         trace.append(value)
@@ -101,9 +101,9 @@ def minimize(
     if fg is not None and control.use_gradient:
         x, status = _lbfgsb(_counted_fg(fg, progress, trace), x0, lower, control)
     elif len(x0) == 1:
-        x, status = _brent(_counted(f, progress, trace), float(x0[0]), float(lower[0]), control)
+        x, status = _brent(counted(f, progress, trace), float(x0[0]), float(lower[0]), control)
     else:
-        x, status = _bobyqa(_counted(f, progress, trace), x0, lower, control)
+        x, status = _bobyqa(counted(f, progress, trace), x0, lower, control)
     return OptimResult(x, float(f(x)), len(trace), status, trace)
 
 
@@ -130,8 +130,8 @@ def minimize_log_scale(
     trace: list[float] = []
     fg_phi = _log_scaled(_counted_fg(fg, progress, trace), diagonal)
     lower = np.where(diagonal, np.log(LOG_FLOOR), -np.inf)
-    phi, status = _lbfgsb(fg_phi, _to_log(x0, diagonal), lower, control)
-    x = _from_log(phi, diagonal)
+    phi, status = _lbfgsb(fg_phi, to_log(x0, diagonal), lower, control)
+    x = from_log(phi, diagonal)
     value, _ = fg(x)
     return OptimResult(x, float(value), len(trace), status, trace)
 
@@ -174,7 +174,7 @@ def minimize_preconditioned(
     definite or the search ends where f is not finite."""
     if np.any(x0[diagonal] <= LOG_FLOOR * (1 + 1e-8)):
         return None
-    y0 = _to_log(x0, diagonal)
+    y0 = to_log(x0, diagonal)
     trace: list[float] = []
     fy = _memo_fg(_log_scaled(_counted_fg(fg, progress, trace), diagonal))
     f0, g0 = fy(y0)
@@ -195,29 +195,29 @@ def minimize_preconditioned(
     value, _ = fz(z)
     if not np.isfinite(value):
         return None
-    x = _from_log(y0 + la.solve_triangular(C, z), diagonal)
+    x = from_log(y0 + la.solve_triangular(C, z), diagonal)
     return OptimResult(x, value, len(trace), status, trace)
 
 
-def _to_log(x: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
+def to_log(x: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
     """y = log x_j where ``diagonal`` (x_j at least LOG_FLOOR), x_j elsewhere."""
     x = np.asarray(x, dtype=np.float64)
     return np.where(diagonal, np.log(np.maximum(x, LOG_FLOOR)), x)
 
 
-def _from_log(y: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
+def from_log(y: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
     """x = exp(y_j) where ``diagonal`` (y_j clipped to [log(LOG_FLOOR), 700]), y_j
     elsewhere."""
     return np.where(diagonal, np.exp(np.clip(y, np.log(LOG_FLOOR), 700.0)), y)
 
 
 def _log_scaled(fg: ObjectiveGrad, diagonal: np.ndarray) -> ObjectiveGrad:
-    """fg over y (``_from_log``): df/dy_j = x_j df/dx_j where ``diagonal``, 0 where y_j
+    """fg over y (``from_log``): df/dy_j = x_j df/dx_j where ``diagonal``, 0 where y_j
     is clipped below (f is flat there)."""
     floor = np.log(LOG_FLOOR)
 
     def fy(y: np.ndarray) -> tuple[float, np.ndarray]:
-        x = _from_log(y, diagonal)
+        x = from_log(y, diagonal)
         value, g = fg(x)
         return value, np.where(diagonal, np.where(y < floor, 0.0, g * x), g)
 

@@ -218,21 +218,7 @@ class PLS:
         self._refactor(theta)
         C = self.factor.half_solve(self._lambda_t(theta, self._ZXY))
         p = self.cp.XtX.shape[0]
-        RZX, cu = C[:, :p], C[:, p]
-        RX = la.cholesky(self.cp.XtX - RZX.T @ RZX, lower=False) if p else np.zeros((0, 0))
-        cbeta = la.solve_triangular(RX, self.cp.XtY - RZX.T @ cu, trans="T") if p else cu[:0]
-        beta = la.solve_triangular(RX, cbeta) if p else np.zeros(0)
-        pwrss = max(self.cp.yty - cu @ cu - cbeta @ cbeta, 1e-300)
-        return PLSSolution(
-            theta=theta.copy(),
-            logdet_L=float(self.factor.logdet()),
-            logdet_RX=float(2.0 * np.sum(np.log(np.diag(RX)))),
-            pwrss=float(pwrss),
-            beta=beta,
-            cu=cu,
-            RZX=RZX,
-            RX=RX,
-        )
+        return solution(self.cp, theta.copy(), float(self.factor.logdet()), C[:, :p], C[:, p])
 
     @property
     def has_trace_sums(self) -> bool:
@@ -261,17 +247,51 @@ class PLS:
         return self.factor.nnz_L()
 
 
+def solution(
+    cp: CrossProducts, theta: np.ndarray, logdet_L: float, RZX: np.ndarray, cu: np.ndarray
+) -> PLSSolution:
+    """The PLS solution from the random-effects part of the solve (``fixed_effects``)."""
+    RX, beta, pwrss = fixed_effects(cp, RZX.T @ RZX, RZX.T @ cu, float(cu @ cu))
+    return PLSSolution(
+        theta=theta,
+        logdet_L=logdet_L,
+        logdet_RX=float(2.0 * np.sum(np.log(np.diag(RX)))),
+        pwrss=pwrss,
+        beta=beta,
+        cu=cu,
+        RZX=RZX,
+        RX=RX,
+    )
+
+
+def fixed_effects(
+    cp: CrossProducts, RtR: np.ndarray, Rtc: np.ndarray, ctc: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(R_X, beta, pwrss) from the random-effects part of the solve, RtR = R_ZX'R_ZX,
+    Rtc = R_ZX'c_u and ctc = |c_u|^2 (module docstring):  R_X'R_X = X'WX - RtR,
+    c_beta = R_X^-T (X'Wy - Rtc), beta = R_X^-1 c_beta, pwrss = y'Wy - ctc - |c_beta|^2.
+    Raises LinAlgError where R_X'R_X is not positive definite."""
+    p = cp.XtX.shape[0]
+    if not p:
+        return np.zeros((0, 0)), np.zeros(0), max(cp.yty - ctc, 1e-300)
+    RX = la.cholesky(cp.XtX - RtR, lower=False)
+    cbeta = la.solve_triangular(RX, cp.XtY - Rtc, trans="T")
+    beta = la.solve_triangular(RX, cbeta)
+    return RX, beta, max(cp.yty - ctc - float(cbeta @ cbeta), 1e-300)
+
+
 def choose_factor(M0: sp.csc_matrix, A: sp.csc_matrix, tmap: ThetaMap, ordering: str):
     """The factor ``plan_factor`` chooses, built (``FactorTooLarge`` where it cannot be)."""
     layout = tmap.layout
     n1 = layout.p[0] * layout.nlevels[0]
+    mapped = None
     if _mapped_candidate(A, layout, n1, ordering):  # its map gives the density for free
         mapped = MappedSchurFactor(A, n1, trailing_terms(layout, n1))
-        if ordering == "schur" or mapped.schur_density() >= SCHUR_DENSE:
-            return mapped
-    kind, how = plan_factor(M0, A, tmap, ordering)
+    density = None if mapped is None else mapped.schur_density()
+    kind, how = plan_factor(M0, A, tmap, ordering, density)
     if kind == "mapped":
-        return MappedSchurFactor(A, n1, trailing_terms(layout, n1))
+        assert mapped is not None  # "mapped" is only planned for a candidate
+        return mapped
     if kind == "schur":
         return SchurFactor(layout.p[0], n1, layout.q)
     try:
@@ -281,19 +301,27 @@ def choose_factor(M0: sp.csc_matrix, A: sp.csc_matrix, tmap: ThetaMap, ordering:
 
 
 def plan_factor(
-    M0: sp.csc_matrix, A: sp.csc_matrix, tmap: ThetaMap, ordering: str
+    M0: sp.csc_matrix,
+    A: sp.csc_matrix,
+    tmap: ThetaMap,
+    ordering: str,
+    density: float | None = None,
 ) -> tuple[str, str]:
     """(kind, CHOLMOD ordering): "schur" when the complement of the first term is small
     enough to be dense and dense enough to fill in anyway (or ``ordering="schur"``),
     "mapped" (updated from theta directly) when besides the first term is scalar and its
     pair map is not too large; "cholmod" otherwise.  Raises ``FactorTooLarge`` when the
-    trailing block would fill in beyond MAX_DENSE_BYTES."""
+    trailing block would fill in beyond MAX_DENSE_BYTES.  ``density``: S's share of
+    non-zeros where the caller has it (``MappedSchurFactor.schur_density``)."""
     layout = tmap.layout
     n1 = layout.p[0] * layout.nlevels[0]
     n2 = layout.q - n1
     if ordering not in ("auto", "schur"):
         return "cholmod", ordering
-    density = 1.0 if ordering == "schur" else _schur_density(M0, n1)
+    if ordering == "schur":
+        density = 1.0
+    elif density is None:
+        density = _schur_density(M0, n1)
     if n2 <= MAX_DENSE_SCHUR and density >= SCHUR_DENSE:
         return ("mapped" if _mapped_candidate(A, layout, n1, ordering) else "schur"), ""
     if density >= 0.01 and 4.0 * n2 * n2 > MAX_DENSE_BYTES:

@@ -17,11 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.linalg as la
 
 from .crossprod import CrossProducts
 from .iterative import SchurOperator
-from .pls import PLSSolution, ThetaMap
+from .pls import PLSSolution, ThetaMap, fixed_effects
 
 
 @dataclass(frozen=True)
@@ -65,14 +64,11 @@ class IterativePLS:
         FC = self.factor.solve_M(GR)
         p = self.cp.XtX.shape[0]
         G, r, F, c = GR[:, :p], GR[:, p], FC[:, :p], FC[:, p]
-        RX = la.cholesky(self.cp.XtX - G.T @ F, lower=False) if p else np.zeros((0, 0))
-        cbeta = la.solve_triangular(RX, self.cp.XtY - G.T @ c, trans="T") if p else c[:0]
-        beta = la.solve_triangular(RX, cbeta) if p else np.zeros(0)
-        pwrss = max(self.cp.yty - float(r @ c) - float(cbeta @ cbeta), 1e-300)
+        RX, beta, pwrss = fixed_effects(self.cp, G.T @ F, G.T @ c, float(r @ c))
         ld = self.factor.logdet()
         return IterativeSolution(
             theta=theta.copy(), logdet_L=ld.value,
-            logdet_RX=float(2.0 * np.sum(np.log(np.diag(RX)))), pwrss=float(pwrss),
+            logdet_RX=float(2.0 * np.sum(np.log(np.diag(RX)))), pwrss=pwrss,
             beta=beta, cu=np.zeros(0), RZX=np.zeros((0, p)), RX=RX, F=F, c=c,
             logdet_se=ld.std_error,
         )  # fmt: skip

@@ -27,7 +27,7 @@ import scipy.linalg as la
 from scipy.optimize import minimize_scalar
 
 from .crossprod import CrossProducts
-from .pls import Criterion, PLSSolution, ThetaMap
+from .pls import Criterion, PLSSolution, ThetaMap, solution
 
 LOG_RANGE = (math.log(1e-3), math.log(1e2))  # the one-term searches' range of theta
 THETA_RANGE = (1e-2, 1e2)  # where a start is clipped to
@@ -75,19 +75,7 @@ def _solution(
     d = theta * theta * a + 1.0
     scale = theta / np.sqrt(d)
     RZX, cu = ZX * scale[:, None], Zy * scale
-    p = cp.XtX.shape[0]
     try:
-        RX = la.cholesky(cp.XtX - RZX.T @ RZX, lower=False) if p else np.zeros((0, 0))
+        return solution(cp, np.array([theta]), float(np.sum(np.log(d))), RZX, cu)
     except la.LinAlgError:
         return None
-    cbeta = la.solve_triangular(RX, cp.XtY - RZX.T @ cu, trans="T") if p else cu[:0]
-    return PLSSolution(
-        theta=np.array([theta]),
-        logdet_L=float(np.sum(np.log(d))),
-        logdet_RX=float(2.0 * np.sum(np.log(np.diag(RX)))),
-        pwrss=float(max(cp.yty - cu @ cu - cbeta @ cbeta, 1e-300)),
-        beta=np.zeros(p),
-        cu=cu,
-        RZX=RZX,
-        RX=RX,
-    )

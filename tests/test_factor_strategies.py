@@ -90,3 +90,25 @@ def test_single_precision_traces(table, name: str, monkeypatch) -> None:
     assert calls  # the traces fell back to the double-precision inverse
     for s, d in zip(fallback, exact):
         np.testing.assert_allclose(s, d, rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def larger_table():
+    return generate(60_000, seed=3)  # 300 physicians: S no longer fills in completely
+
+
+@pytest.mark.parametrize("name", sorted(FORMULAS))
+def test_density_read_off_the_map_matches_the_product(larger_table, name, monkeypatch) -> None:
+    """choose_factor's density of S (from the pair map) is plan_factor's (from B B')."""
+    from sparsemm.solver import factor, pls
+
+    monkeypatch.setattr(factor, "SMALL_SCHUR", 0)  # measure even a small block
+    monkeypatch.setattr(pls, "SMALL_SCHUR", 0)
+    data = solver.prepare(FORMULAS[name], larger_table)
+    model = LinearMixedModel(data, reml=True, ordering="schur")
+    mapped = model.pls.factor
+    assert isinstance(mapped, MappedSchurFactor)
+    M0 = model.pls.scaled(np.where(model.tmap.diagonal_mask(), 1.0, 0.5))
+    expected = pls._schur_density(M0, mapped.n1)
+    assert 0.0 < expected < 1.0
+    assert mapped.schur_density() == pytest.approx(expected, rel=1e-12)
