@@ -25,11 +25,15 @@ directly by a precomputed linear map (no sparse product per theta; see its docst
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import numpy as np
 import scipy.linalg as la
 import scipy.sparse as sp
 from scipy.linalg import blas, lapack
 from sksparse.cholmod import CholmodNotPositiveDefiniteError, analyze
+from threadpoolctl import ThreadpoolController
 
 from .crossprod import TermLayout
 
@@ -40,6 +44,21 @@ TRACE_CHUNK = 4096  # levels of the first term per block of X (B D^-1)
 DENSE_THREADS_FROM = 1000
 SINGLE_FROM = 1000  # n2 from which the gradient's S^-1 may be single precision
 SINGLE_RESIDUAL = 1e-4  # EHR 1M: 1e-5 to 1.6e-5 far from the optimum, 2.7e-6 near it
+
+
+def limited_blas(factor) -> contextlib.AbstractContextManager:
+    """The factor's BLAS thread limits (``blas_limits``) for the duration of a with-block:
+    nothing where it sets none; else one threadpoolctl controller per process (finding
+    the loaded BLAS libraries took ~20 ms, on every fit when made per call)."""
+    limits = factor.blas_limits()
+    if limits is None:
+        return contextlib.nullcontext()
+    return _blas_controller().limit(limits=limits)
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()
 
 
 class CholmodFactor:
@@ -336,6 +355,7 @@ class MappedSchurFactor(SchurFactor):
         self._Sinv_grad: np.ndarray | None = None
         self._Gm: np.ndarray | None = None
         self._squares: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._products: tuple[float, np.ndarray, np.ndarray] | None = None  # _map_products
         self._single = True  # the gradient's S^-1 may be single (SINGLE_FROM)
         self.set_crossproducts(A)
 
@@ -361,15 +381,18 @@ class MappedSchurFactor(SchurFactor):
             if not self.diagonal:  # the congruence starts from a dense copy of A22
                 self.A22 = np.zeros((self.n2, self.n2), order="F")  # then only its pattern is set
         data = A.data
+        self._products = None
         self.a = data[self._diag]  # diagonal of A11: first entry of each level's column
-        for c in _chunks(len(self._i1)):  # (no full-size temporaries: fresh pages are slow)
-            np.multiply(data[self._i1[c]], data[self._i2[c]], out=self.GT.data[c])
+        value = data[self._below]  # of the entries below the first block
+        self.GT.data = np.repeat(value, self._count)
+        for c in _chunks(len(self._partner)):  # (no full-size temporaries: fresh pages are slow)
+            self.GT.data[c] *= value[self._partner[c]]
         self._a22_values = data[self._cut :]  # lower triangle of A22
         if not self.diagonal:
             flat = self.A22.reshape(-1, order="F")
             flat[self._a22_pos] = self._a22_values
             flat[self._a22_mirror] = self._a22_values[self._a22_off]
-        self.A21.data = data[self._below]
+        self.A21.data = value
 
     def _same_pattern(self, A: sp.csc_matrix) -> bool:
         if self._pattern is None:
@@ -392,12 +415,12 @@ class MappedSchurFactor(SchurFactor):
             raise ValueError("first block is not diagonal")
         k = np.diff(ptr[: n1 + 1]) - 1  # entries below the first block, per level
         below = np.setdiff1d(np.arange(ptr[n1]), ptr[:n1], assume_unique=True)
-        self._i1, self._i2 = pairs_within_levels(below, k)
-        key = np.empty(len(self._i1), _index_dtype(n2 * n2))  # pair's position in K (r1 >= r2)
+        # pairs of entries below, as indices among them (their arrays stay in cache)
+        self._count, self._partner = pairs_within_levels(k)
+        row = (idx[below] - n1).astype(_index_dtype(n2 * n2))  # K's row of each entry
+        key = np.repeat(row, self._count)  # each pair's position in K (r1 >= r2)
         for c in _chunks(len(key)):
-            np.add(
-                idx[self._i1[c]] - n1, (idx[self._i2[c]] - n1).astype(key.dtype) * n2, out=key[c]
-            )
+            key[c] += row[self._partner[c]] * n2
         self._rows, column = _compress(key, n2 * n2)
         del key
         self._row_col = np.divmod(self._rows, n2)[::-1]  # (row, col) in K of each
@@ -465,9 +488,7 @@ class MappedSchurFactor(SchurFactor):
         self.T, self.lam = T, Lambda2.diagonal()  # lam: Lambda_2 itself when diagonal
         BD = self.A21.copy()
         BD.data = BD.data * (theta1 / d)[self._a21_cols]
-        # one pass over the map for K's correction G (t2 / d) and the gradient's H
-        mapped = self._G_times(np.column_stack([t2 / d, t2 / (d * d)]))
-        correction, self._H = mapped[:, 0], mapped[:, 1]
+        correction, self._H = self._map_products(theta1, t2 / d, t2 / (d * d))
         if self.diagonal:
             S = self._scaled_K(correction)
             BD.data *= self.lam[BD.indices]
@@ -483,6 +504,15 @@ class MappedSchurFactor(SchurFactor):
             raise np.linalg.LinAlgError("Schur complement is not positive definite")
         self.LS = LS
         self._Sinv = self._Linv = self._Sinv_lower = self._Sinv_grad = self._Gm = None
+
+    def _map_products(self, theta1: float, w: np.ndarray, h: np.ndarray):
+        """K's correction G w and the gradient's H = G h in one pass over the map; both
+        depend on theta_1 alone, so they are kept for the next update with the same
+        theta_1 (the convergence checks move the other terms' theta one at a time)."""
+        if self._products is None or self._products[0] != theta1:
+            mapped = self._G_times(np.column_stack([w, h]))
+            self._products = (theta1, mapped[:, 0], mapped[:, 1])
+        return self._products[1], self._products[2]
 
     def _scaled_K(self, correction: np.ndarray) -> np.ndarray:
         """(lam lam') o K(w), lower triangle, written entry by entry (Lambda_2 diagonal):
@@ -685,19 +715,22 @@ def _inverse_residual(L: np.ndarray, X: np.ndarray) -> float:
     return float(np.linalg.norm(r) / np.linalg.norm(v))
 
 
-def pairs_within_levels(below: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (i1 >= i2) in A.data of every pair of entries within one level's column
-    below the first block (k of them per level), level by level (int32 where they fit:
-    these arrays are the largest of a model's set-up)."""
-    rank = np.arange(len(below)) - np.repeat(np.cumsum(k) - k, k)  # position in column
-    count = rank + 1  # each entry pairs with itself and those above it
-    first = np.cumsum(count) - count  # where its pairs start
-    total = int(count.sum())
-    dtype = _index_dtype(int(below.max(initial=0)) + total + 1)
-    i1 = np.repeat(below.astype(dtype), count)
-    i2 = np.repeat((below - rank - first).astype(dtype), count)
+def pairs_within_levels(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs (i1 >= i2) within runs of k consecutive entries (one run per level: a
+    level's entries below the first block, or a row's trailing entries): (count, i2),
+    count[e] the pairs of entry e (with itself and those before it in its run) and i2
+    their partners, entry by entry; i1 = np.repeat(arange, count) is left to the caller,
+    usually as np.repeat(values, count).  int32 where they fit: these arrays are the
+    largest of a model's set-up."""
+    n = int(np.sum(k))
+    rank = np.arange(n) - np.repeat(np.cumsum(k) - k, k)  # position in its run
+    first = np.cumsum(rank + 1) - (rank + 1)  # where its pairs start
+    total = int(first[-1] + rank[-1] + 1) if n else 0
+    dtype = _index_dtype(n + total + 1)
+    count = (rank + 1).astype(dtype)
+    i2 = np.repeat((np.arange(n) - rank - first).astype(dtype), count)
     i2 += np.arange(total, dtype=dtype)
-    return i1, i2
+    return count, i2
 
 
 def _zero_lower(S: np.ndarray, block: int = 128) -> None:

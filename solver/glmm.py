@@ -39,12 +39,11 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
 
 from .condvar import conditional_variances
 from .crossprod import CrossProducts
 from .errors import DataError
-from .factor import MappedSchurFactor, SchurFactor
+from .factor import MappedSchurFactor, SchurFactor, limited_blas
 from .family import Family
 from .laplace_gradient import Modes, NoGradient, laplace_gradient
 from .leverage import RowLeverages
@@ -337,7 +336,7 @@ class GeneralizedLinearMixedModel:
             control, delta=max(control.delta, GLMM_DELTA), ftol_abs=STAGE2_TOL,
             xtol_abs=STAGE2_TOL, ftol_rel=0.0,
         )  # fmt: skip
-        with threadpool_limits(self.pls.factor.blas_limits()):
+        with limited_blas(self.pls.factor):
             stage1, stage1_name = self._stage1(control, progress)
             se = self._beta_se(stage1.x)
             steps = np.concatenate([np.full(nt, control.delta), BETA_STEP * se])

@@ -64,7 +64,8 @@ class RowLeverages:
         used = (self.z1[self.entry_row] != 0) & (vals != 0)
         self.a21_entry = _entries_of(factor.A21, self.level[self.entry_row], cols, used)
         per_row = np.bincount(self.entry_row, minlength=n)
-        p1, p2 = pairs_within_levels(np.arange(len(cols)), per_row)
+        count, p2 = pairs_within_levels(per_row)
+        p1 = np.repeat(np.arange(len(cols)), count)
         self.pair_row = self.entry_row[p1]
         self.pair_pos = cols[p1] + cols[p2] * n2  # lower triangle: cols sorted within rows
         self.pair_value = np.where(p1 == p2, 1.0, 2.0) * vals[p1] * vals[p2]

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from threadpoolctl import threadpool_limits
 
 from .condvar import conditional_variances
 from .crossprod import z_matrix
 from .errors import InputError
+from .factor import limited_blas
 from .gradient import forward_gradient, gradient, gradient_available
 from .information import average_information
 from .model import ModelData
@@ -183,7 +183,7 @@ class LinearMixedModel:
         self, control: Control = Control(), progress: IterationProgress | None = None
     ) -> LMMFit:
         started, first = time.perf_counter(), len(self.evaluation_s)
-        with threadpool_limits(self.pls.factor.blas_limits()):
+        with limited_blas(self.pls.factor):
             opt, fg, optimizer = self._optimize(control, progress)
             checked = check_convergence(
                 self.objective, opt.x, self.tmap.lower(), self.tmap.diagonal_mask(), control, fg

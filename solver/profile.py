@@ -68,9 +68,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg as la
 from scipy import stats
-from threadpoolctl import threadpool_limits
 
 from .errors import InputError
+from .factor import limited_blas
 from .lmm import LinearMixedModel, LMMFit
 from .optimize import Control, minimize
 from .pls import PLSSolution, lower_colmajor
@@ -522,7 +522,7 @@ def profile_intervals(
     dev = _Deviance(model)
     z = float(stats.norm.ppf(0.5 + level / 2))
     started = time.perf_counter()
-    with threadpool_limits(model.pls.factor.blas_limits()):
+    with limited_blas(model.pls.factor):
         base = dev.profiled(theta)
         done = [_profile(p, dev, base, theta, z) for p in params]
         model.solve(theta)  # leave the factor at the fit

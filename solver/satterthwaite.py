@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.linalg as la
 from scipy import stats
-from threadpoolctl import threadpool_limits
 
+from .factor import limited_blas
 from .pls import PLSSolution
 from .richardson import hessian, jacobian
 
@@ -93,7 +93,7 @@ def varpar_covariance(fit: LMMFit) -> VarparCovariance:
     """The Hessian of D and the Jacobian of C at (theta_hat, sigma_hat)."""
     at = _AtVarpar(fit.model)
     varpar = np.append(fit.sol.theta, math.sqrt(fit.criterion_sigma2()))
-    with threadpool_limits(fit.model.pls.factor.blas_limits()):
+    with limited_blas(fit.model.pls.factor):
         H = hessian(at.deviance, varpar)
         J = jacobian(at.covbeta, varpar)
     p = len(fit.sol.beta)
