@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,6 +62,7 @@ class LinearMixedModel:
         self._values: dict[bytes, float] = {}  # objective at recent thetas
         self._best: PLSSolution | None = None  # the lowest objective solved for
         self.evaluation_s: list[float] = []  # seconds of each PLS solve (+ its gradient)
+        self._gradients: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=4)  # latest first
 
     def solve(self, theta: np.ndarray) -> PLSSolution:
         """The PLS solution at theta; the factor then holds theta.  The last one is kept:
@@ -124,6 +126,7 @@ class LinearMixedModel:
             grad = forward_gradient(self.objective, np.asarray(theta, float), value)
             self.solve(theta)
         self._last = (sol, grad.copy())
+        self._gradients.appendleft((sol.theta.copy(), grad.copy()))
         return value, grad
 
     def information(self, theta: np.ndarray) -> np.ndarray:
@@ -186,8 +189,9 @@ class LinearMixedModel:
         with limited_blas(self.pls.factor):
             opt, fg, optimizer = self._optimize(control, progress)
             checked = check_convergence(
-                self.objective, opt.x, self.tmap.lower(), self.tmap.diagonal_mask(), control, fg
-            )
+                self.objective, opt.x, self.tmap.lower(), self.tmap.diagonal_mask(), control, fg,
+                near=tuple(self._gradients),
+            )  # fmt: skip
         checks, theta = checked.checks, checked.x
         if not opt.status.startswith("converged"):
             checks.append(Diagnostic("optimizer", "warning", opt.status))

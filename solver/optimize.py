@@ -14,7 +14,7 @@ central finite differences (step ``delta``) give the gradient g and Hessian H;
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import nlopt
@@ -311,21 +311,58 @@ def _brent(f: Objective, x0: float, lower: float, control: Control):
 
 
 def derivatives_from_gradient(
-    g: Callable[[np.ndarray], np.ndarray], x: np.ndarray, delta: Steps, central: bool = False
+    g: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    delta: Steps,
+    central: bool = False,
+    near: Sequence[tuple[np.ndarray, np.ndarray]] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """The gradient at ``x`` and the Hessian by forward differences of the gradient
     (n + 1 gradients instead of lme4's 2n^2 + 1 objective values), or by central ones
-    (2n + 1, error O(delta^2) instead of O(delta))."""
+    (2n + 1, error O(delta^2) instead of O(delta)).
+
+    Forward differences may take one step from ``near``, gradients already known at
+    other points (the optimizer's last accepted point): a step s = x' - x whose largest
+    component relative to delta, s_i / delta_i, is between 1/NEAR_STEP and NEAR_STEP
+    replaces the step along coordinate i.  With the steps as the columns of D and the
+    gradient differences as those of Y, H D = Y: H = Y D^-1, symmetrized (D is the
+    diagonal of the steps with column i replaced by s, and s_i the largest entry of
+    D^-1 s: well conditioned)."""
     n = len(x)
     d = np.broadcast_to(np.asarray(delta, float), x.shape)
     g0 = g(x)
-    hess = np.zeros((n, n))
+    steps, diffs = np.diag(d).copy(), np.zeros((n, n))
+    known = None if central else _known_step(x, d, near)
     for i in range(n):
+        if known is not None and i == known[0]:
+            steps[:, i], diffs[:, i] = known[1], known[2] - g0
+            continue
         e = np.zeros(n)
         e[i] = d[i]
-        low = g(x - e) if central else g0
-        hess[:, i] = (g(x + e) - low) / (d[i] * (2.0 if central else 1.0))
+        if central:
+            steps[i, i] = 2.0 * d[i]
+            diffs[:, i] = g(x + e) - g(x - e)
+        else:
+            diffs[:, i] = g(x + e) - g0
+    hess = np.linalg.solve(steps.T, diffs.T).T  # Y D^-1
     return g0, (hess + hess.T) / 2
+
+
+NEAR_STEP = 4.0  # a known gradient's step may be this much longer or shorter than delta
+
+
+def _known_step(
+    x: np.ndarray, d: np.ndarray, near: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> tuple[int, np.ndarray, np.ndarray] | None:
+    """(coordinate, step, gradient) of the first point of ``near`` whose step from x
+    can stand for a difference step (``derivatives_from_gradient``), or None."""
+    for xk, gk in near:
+        s = np.asarray(xk, float) - x
+        ratio = np.abs(s) / d
+        i = int(np.argmax(ratio))
+        if 1.0 / NEAR_STEP <= ratio[i] <= NEAR_STEP:
+            return i, s, np.asarray(gk, float)
+    return None
 
 
 Steps = float | np.ndarray  # one step for all coordinates, or one per coordinate
@@ -386,10 +423,12 @@ def check_convergence(
     fg: ObjectiveGrad | None = None,
     steps: np.ndarray | None = None,
     central: bool = False,
+    near: Sequence[tuple[np.ndarray, np.ndarray]] = (),
 ) -> Checked:
     """lme4's checks at the optimum (singular fit, scaled gradient, Hessian), and the
     optimum after a Newton polish from the same derivatives (with ``fg``, the Hessian
-    from differences of the gradient, ``central`` ones or forward)."""
+    from differences of the gradient, ``central`` ones or forward, which may use the
+    gradients ``near`` that are already known: ``derivatives_from_gradient``)."""
     out: list[Diagnostic] = []
     small = diag_mask & (x < control.tol_singular)
     if small.any():
@@ -418,7 +457,8 @@ def check_convergence(
             xf[free] = w
             return fg(xf.copy())[1][free]
 
-        return derivatives_from_gradient(sub_grad, z, delta, central)
+        fixed = [(xk[free], gk[free]) for xk, gk in near if np.array_equal(xk[~free], xf[~free])]
+        return derivatives_from_gradient(sub_grad, z, delta, central, fixed)
 
     def gradient_at(z: np.ndarray) -> np.ndarray:
         if fg is None or not control.use_gradient:

@@ -85,7 +85,8 @@ def test_newton_takes_fewer_evaluations_on_insteval() -> None:
     newton = LinearMixedModel(data).fit()
     lbfgs = LinearMixedModel(data).fit(Control(newton=False))
     np.testing.assert_allclose(newton.sol.theta, lbfgs.sol.theta, rtol=1e-6)
-    assert len(newton.evaluation_s) <= 11 < len(lbfgs.evaluation_s)
+    # 4 Newton points, 2 gradients for the Hessian (the last step stands for a third), polish
+    assert len(newton.evaluation_s) <= 7 < len(lbfgs.evaluation_s)
     assert newton.result.diagnostics.checks[0].code == "gradient"
 
 
