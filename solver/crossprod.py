@@ -78,6 +78,7 @@ def partial(rows: ModelRows, layout: TermLayout) -> CrossProducts:
     counts = tuple(np.bincount(c, minlength=n) for c, n in zip(rows.codes, layout.nlevels))
     with np.errstate(divide="ignore"):
         slw = float(np.sum(np.log(w))) if rows.w is not None else 0.0
+    XY = np.vstack([rows.X.T, rows.y])  # a row per column of [X, y]: contiguous min, max
     return CrossProducts(
         ZtZ=ZtZ,
         ZtX=np.asarray(Z.T @ WX),
@@ -88,8 +89,8 @@ def partial(rows: ModelRows, layout: TermLayout) -> CrossProducts:
         n=rows.n,
         sum_log_w=slw,
         level_counts=counts,
-        x_min=np.column_stack([rows.X, rows.y]).min(axis=0),
-        x_max=np.column_stack([rows.X, rows.y]).max(axis=0),
+        x_min=XY.min(axis=1),
+        x_max=XY.max(axis=1),
     )
 
 

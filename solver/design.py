@@ -16,6 +16,7 @@ the same columns.  Names are translated to R's (``(Intercept)``, ``sexM``,
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -86,7 +87,7 @@ class Design:
 
     def rows(self, batch: pa.RecordBatch) -> ModelRows:
         """Model rows of one clean batch (no missing values)."""
-        frame = to_pandas(batch, self.info)
+        frame = to_pandas(batch.select(list(self.frame_columns)), self.info)
         mats = _evaluate(self.fixed_spec, frame, "formula")
         X = np.asarray(mats.rhs, dtype=np.float64)
         y = np.asarray(mats.lhs, dtype=np.float64)[:, -1]  # a two-level factor: 2nd level
@@ -109,6 +110,16 @@ class Design:
         values = tuple(self._values(frame, t) for t in self.terms)
         return ModelRows(X, y, w, offset, codes, values)
 
+    @functools.cached_property
+    def frame_columns(self) -> tuple[str, ...]:
+        """The columns the formulas read (the response among them): a grouping factor
+        only gives codes, which need no pandas frame."""
+        specs = [self.fixed_spec, *self.offset_specs, *(t.spec for t in self.terms)]
+        if self.trials_spec is not None:
+            specs.append(self.trials_spec)
+        names = set().union(*(s.required_variables for s in specs))  # type: ignore[attr-defined]
+        return tuple(sorted(names | ({self.weights} if self.weights else set())))
+
     def _offset(self, frame: pd.DataFrame) -> np.ndarray | None:
         if not self.offset_specs:
             return None
@@ -124,6 +135,8 @@ class Design:
         return self.info.groups[term.group].codes_from(comps)
 
     def _values(self, frame: pd.DataFrame, term: TermDesign) -> np.ndarray:
+        if term.names == ("(Intercept)",):  # (1 | g): no formula to evaluate
+            return np.ones((len(frame), 1))
         vals = np.asarray(_evaluate(term.spec, frame, term.group), dtype=np.float64)
         _check_finite(vals, term.names)
         return vals
