@@ -751,13 +751,15 @@ def _index_dtype(bound: int) -> np.dtype:
 
 
 def _compress(key: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
-    """(the sorted distinct values of ``key``, each entry's index among them), by a
-    lookup table of ``bound`` entries (no sort)."""
+    """(the sorted distinct values of ``key``, each entry's index among them, written
+    over ``key`` when it is int32), by a lookup table of ``bound`` entries (no sort)."""
     seen = np.zeros(bound, dtype=bool)
     seen[key] = True
     values = np.flatnonzero(seen)
     del seen
-    return values, _position_lookup(values, bound)[key]
+    lookup = _position_lookup(values, bound)
+    out = key if key.dtype == lookup.dtype else None  # (no fresh pages for the result)
+    return values, np.take(lookup, key, out=out, mode="clip")  # (clip: take unbuffered)
 
 
 def _position_lookup(positions: np.ndarray, bound: int) -> np.ndarray:
