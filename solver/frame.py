@@ -142,27 +142,36 @@ def scan(
     batches: Iterable[pa.RecordBatch],
     factor_columns: list[str],
     interactions: list[tuple[str, ...]],
-) -> FrameInfo:
-    """Pass 1 over the data: counts, missing values, levels of factors and ``a:b``."""
+) -> tuple[FrameInfo, pa.RecordBatch]:
+    """Pass 1 over the data: counts, missing values, levels of factors and ``a:b``; and
+    its first clean rows (at most SAMPLE_ROWS), on which the column specs are built."""
     acc = {c: _LevelAccumulator() for c in factor_columns}
     pairs: dict[tuple[str, ...], list[pa.Table]] = {g: [] for g in interactions}
     missing: dict[str, int] = {}
     rows_read = rows_used = 0
+    sample: pa.RecordBatch | None = None
     for raw in batches:
         rows_read += raw.num_rows
         for name, col in zip(raw.schema.names, raw.columns):
             missing[name] = missing.get(name, 0) + int(_missing(col).sum())
         batch = clean(raw)
         rows_used += batch.num_rows
+        if sample is None and batch.num_rows:
+            sample = batch.slice(0, SAMPLE_ROWS)
         for c in factor_columns:
             acc[c].add(batch.column(c))
         for g in interactions:
             pairs[g].append(_observed_combinations(batch, g))
-    if rows_used == 0:
+    if sample is None:
         raise DataError("no rows left after dropping rows with missing values", "data")
     levels = {c: acc[c].finish(c) for c in factor_columns}
     groups = {":".join(g): _interaction_levels(g, pairs[g], levels) for g in interactions}
-    return FrameInfo(rows_read, rows_used, missing, levels, groups)
+    # a copy (take): a slice would keep all of the first batch alive through pass 2
+    sample = sample.take(pa.array(np.arange(sample.num_rows)))
+    return FrameInfo(rows_read, rows_used, missing, levels, groups), sample
+
+
+SAMPLE_ROWS = 65536
 
 
 def _observed_combinations(batch: pa.RecordBatch, cols: tuple[str, ...]) -> pa.Table:

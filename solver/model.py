@@ -77,10 +77,9 @@ def prepare(
     schema = source.schema()
     columns, factors = _columns(parsed, schema, weights, family)
     interactions = sorted({t.group.columns for t in parsed.random if len(t.group.columns) > 1})
-    info = scan(source.batches(columns, batch_rows), factors, list(interactions))
+    info, sample = scan(source.batches(columns, batch_rows), factors, list(interactions))
     terms = _ordered_terms(parsed.random, info)
-    first = _first_clean_batch(source, columns, batch_rows)
-    design = build_design(parsed, terms, weights, info, first)
+    design = build_design(parsed, terms, weights, info, sample)
     layout = _layout(design)
     _check_levels(design, info)
     rows: Iterator[ModelRows] = (
@@ -169,14 +168,6 @@ def _check_response(response: str, schema: pa.Schema, family: str) -> None:
             f"response '{response}' is not numeric (type {schema.field(response).type})",
             response,
         )
-
-
-def _first_clean_batch(source: Source, columns: tuple[str, ...], batch_rows: int):
-    for raw in source.batches(columns, min(batch_rows, 65536)):
-        batch = clean(raw)
-        if batch.num_rows:
-            return batch
-    raise DataError("no rows left after dropping rows with missing values", "data")
 
 
 def _ordered_terms(random: tuple[RandomTerm, ...], info: FrameInfo):
