@@ -384,15 +384,26 @@ class MappedSchurFactor(SchurFactor):
         self._products = None
         self.a = data[self._diag]  # diagonal of A11: first entry of each level's column
         value = data[self._below]  # of the entries below the first block
-        self.GT.data = np.repeat(value, self._count)
-        for c in _chunks(len(self._partner)):  # (no full-size temporaries: fresh pages are slow)
-            self.GT.data[c] *= value[self._partner[c]]
+        self._pair_products(value)
         self._a22_values = data[self._cut :]  # lower triangle of A22
         if not self.diagonal:
             flat = self.A22.reshape(-1, order="F")
             flat[self._a22_pos] = self._a22_values
             flat[self._a22_mirror] = self._a22_values[self._a22_off]
         self.A21.data = value
+
+    def _pair_products(self, value: np.ndarray) -> None:
+        """G's values A_js A_ks, written into it in place, a chunk of entries at a time
+        (an entry's pairs are its count consecutive ones: no full-size temporaries, as
+        fresh pages are slow; PIRLS sets new values each pass)."""
+        count, partner, out = self._count, self._partner, self.GT.data
+        bounds = np.r_[0, np.cumsum(count)]  # where each entry's pairs start
+        cuts = np.unique(
+            np.r_[np.searchsorted(bounds, np.arange(0, bounds[-1], 1 << 18)), len(count)]
+        )
+        for e0, e1 in zip(cuts[:-1], cuts[1:]):
+            p = slice(bounds[e0], bounds[e1])
+            np.multiply(np.repeat(value[e0:e1], count[e0:e1]), value[partner[p]], out=out[p])
 
     def _same_pattern(self, A: sp.csc_matrix) -> bool:
         if self._pattern is None:
