@@ -398,10 +398,7 @@ class MappedSchurFactor(SchurFactor):
         fresh pages are slow; PIRLS sets new values each pass)."""
         count, partner, out = self._count, self._partner, self.GT.data
         bounds = np.r_[0, np.cumsum(count)]  # where each entry's pairs start
-        cuts = np.unique(
-            np.r_[np.searchsorted(bounds, np.arange(0, bounds[-1], 1 << 18)), len(count)]
-        )
-        for e0, e1 in zip(cuts[:-1], cuts[1:]):
+        for e0, e1 in _run_chunks(bounds, 1 << 18):
             p = slice(bounds[e0], bounds[e1])
             np.multiply(np.repeat(value[e0:e1], count[e0:e1]), value[partner[p]], out=out[p])
 
@@ -756,6 +753,16 @@ def _chunks(n: int, size: int = 1 << 18) -> list[slice]:
     return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
 
+def _run_chunks(bounds: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """Ranges (e0, e1) of entries covering all of them, entry e owning the items
+    bounds[e]:bounds[e + 1] (``bounds`` cumulative, from 0): each range starts where an
+    item at a multiple of ``size`` falls, so it holds about ``size`` items (at least one
+    entry)."""
+    starts = np.searchsorted(bounds, np.arange(0, bounds[-1], size))
+    cuts = np.unique(np.r_[starts, len(bounds) - 1])
+    return list(zip(cuts[:-1].tolist(), cuts[1:].tolist()))
+
+
 def _index_dtype(bound: int) -> np.dtype:
     """An integer dtype for values below ``bound``: int32 where it can."""
     return np.dtype(np.int32 if bound < 2**31 else np.int64)
@@ -793,8 +800,7 @@ def _level_squares(
     indptr = np.r_[0, np.cumsum(rep)]
     indices, src = np.empty(indptr[-1], np.int32), np.empty(indptr[-1], np.int32)
     lookup = _position_lookup(positions, n2 * n2)
-    cuts = np.unique(np.r_[np.searchsorted(indptr, np.arange(0, indptr[-1], chunk)), len(col)])
-    for e0, e1 in zip(cuts[:-1], cuts[1:]):
+    for e0, e1 in _run_chunks(indptr, chunk):
         e = np.arange(e0, e1)
         r = np.repeat(e, rep[e])
         partner = np.repeat(A21.indptr[col[e]], rep[e]) + (np.arange(len(r)) - np.repeat(

@@ -125,8 +125,9 @@ class LinearMixedModel:
         if grad is None:  # (forward differences move the factor: solve again after)
             grad = forward_gradient(self.objective, np.asarray(theta, float), value)
             self.solve(theta)
-        self._last = (sol, grad.copy())
-        self._gradients.appendleft((sol.theta.copy(), grad.copy()))
+        kept = grad.copy()  # (never written: the checks read it, callers get copies)
+        self._last = (sol, kept)
+        self._gradients.appendleft((sol.theta.copy(), kept))
         return value, grad
 
     def information(self, theta: np.ndarray) -> np.ndarray:
